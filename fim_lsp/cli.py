@@ -1,0 +1,203 @@
+"""The command line: serve (the default), complete, doctor, download, eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from lsprotocol import types
+
+from fim_lsp import __version__, evaluate
+from fim_lsp.settings import CHOICES, FIELDS, Settings, merge
+
+# File extension -> LSP languageId, for `complete` (editors send the languageId themselves).
+LANGUAGE_IDS = {
+    ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript",
+    ".jsx": "javascriptreact", ".ts": "typescript", ".tsx": "typescriptreact", ".go": "go",
+    ".rs": "rust", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp",
+    ".java": "java", ".lua": "lua", ".sh": "shellscript", ".bash": "shellscript",
+}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    options = {name: value for name, value in vars(args).items() if name in FIELDS}
+    settings, problems = merge(Settings(), options)
+    if problems:
+        parser.error("; ".join(problems))
+    configure_logging(settings.log_file)
+    return int(args.run(args, settings) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fim-lsp",
+        description="Local fill-in-the-middle code completion over LSP (FIM-NeoX-1.3B).",
+    )
+    parser.add_argument("--version", action="version", version=f"fim-lsp {__version__}")
+    add_settings(parser)
+    parser.set_defaults(run=serve, tcp=None)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve_parser = commands.add_parser("serve", help="speak LSP over stdio (the default)")
+    serve_parser.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP, for debugging")
+    add_settings(serve_parser)
+    serve_parser.set_defaults(run=serve)
+
+    complete_parser = commands.add_parser(
+        "complete", help="print the completion the server would offer at FILE:LINE:COL"
+    )
+    complete_parser.add_argument("where", metavar="FILE:LINE:COL", help="1-based line and column")
+    complete_parser.add_argument("--json", action="store_true", help="print a JSON object")
+    complete_parser.add_argument(
+        "--dry-run", action="store_true", help="print the prompt; needs only the tokenizer"
+    )
+    complete_parser.add_argument("--language", help="languageId (default: from the extension)")
+    add_settings(complete_parser)
+    complete_parser.set_defaults(run=complete)
+
+    doctor_parser = commands.add_parser("doctor", help="report what the server would use")
+    add_settings(doctor_parser)
+    doctor_parser.set_defaults(run=doctor)
+
+    download_parser = commands.add_parser("download", help="fetch the model into the hub cache")
+    add_settings(download_parser)
+    download_parser.set_defaults(run=download)
+
+    evaluate.add_parser(commands, add_settings)
+    return parser
+
+
+def add_settings(parser: argparse.ArgumentParser) -> None:
+    """The shared options; SUPPRESS keeps a subcommand from resetting what the main parser set."""
+    defaults = Settings()
+    add = parser.add_argument
+    keep = argparse.SUPPRESS
+    add("--model", default=keep, help=f"hub id, local folder, or demo (default {defaults.model})")
+    add("--device", default=keep, choices=CHOICES["device"], help="default auto")
+    add("--quantization", default=keep, choices=CHOICES["quantization"], help="default int8")
+    add("--context-length", type=int, default=keep, help="tokens (default 2048)")
+    add("--max-new-tokens", type=int, default=keep, help="default 64")
+    add("--temperature", type=float, default=keep, help="0 = greedy (default)")
+    add("--multiline", default=keep, choices=CHOICES["multiline"], help="default auto")
+    add("--debounce-ms", type=int, default=keep, help="default 30")
+    add("--log-file", default=keep, help="log here instead of stderr")
+
+
+def configure_logging(log_file: str | None) -> None:
+    # Never stdout: it is the LSP wire.
+    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message at INFO
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    from fim_lsp.server import server
+
+    server.settings = settings
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        server.start_tcp(host or "127.0.0.1", int(port))
+    else:
+        server.start_io()
+    return 0
+
+
+def complete(args: argparse.Namespace, settings: Settings) -> int:
+    from fim_lsp.document import Cursor, PositionError, offset_at
+    from fim_lsp.engine import EngineError, resolve_model
+    from fim_lsp.pipeline import Completer, plan
+    from fim_lsp.prompt import FimTokenizer, TokenizerError
+
+    try:
+        path, line, column = parse_location(args.where)
+        text = path.read_bytes().decode("utf-8")  # keeps CRLF, as an editor would
+        # Columns count characters (code points), like compiler messages: LSP's utf-32.
+        offset = offset_at(text, types.Position(line - 1, column - 1), "utf-32")
+    except (ValueError, OSError, PositionError) as error:
+        return fail(f"{args.where}: {error}")
+    language = args.language or LANGUAGE_IDS.get(path.suffix.lower(), "")
+    cursor = Cursor(text[:offset], text[offset:], language)
+    started = time.perf_counter()
+    try:
+        if args.dry_run:
+            folder = resolve_model(settings.model, tokenizer_only=True)
+            tokenizer = FimTokenizer.from_file(folder / "tokenizer.json")
+            _, mode, prompt = plan(tokenizer, settings, cursor)
+            ids = prompt.ids if prompt else []
+            report = {"prompt": tokenizer.decode(ids), "prompt_ids": ids, "prompt_tokens": len(ids)}
+            print(
+                json.dumps(report | {"mode": mode and mode.value})
+                if args.json
+                else report["prompt"]
+            )
+            return 0
+        completer = Completer.load(settings)
+        load_ms = (time.perf_counter() - started) * 1000
+        result = completer.complete(cursor)
+    except (EngineError, TokenizerError) as error:
+        return fail(str(error))
+    if not args.json:
+        print(result.text)
+        return 0
+    precision = completer.engine.precision
+    report = {
+        "completion": result.text,
+        "replace_chars": result.replace_chars,
+        "raw": result.raw,
+        "mode": result.mode and result.mode.value,
+        "prompt_ids": result.prompt_ids,
+        "prompt_tokens": len(result.prompt_ids),
+        "generated_tokens": result.generated_tokens,
+        "stop_reason": result.stop_reason,
+        "timings_ms": {"load": load_ms, **result.timings_ms},
+        "model": settings.model,
+        "device": precision.device,
+        "quantization": precision.quantization,
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def parse_location(where: str) -> tuple[Path, int, int]:
+    try:
+        file, line, column = where.rsplit(":", 2)
+        numbers = int(line), int(column)
+    except ValueError:
+        raise ValueError("expected FILE:LINE:COL with 1-based numbers") from None
+    if min(numbers) < 1:
+        raise ValueError("line and column start at 1")
+    return Path(file), *numbers
+
+
+def doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from fim_lsp.doctor import report
+
+    problems = report(settings, print)
+    return 1 if problems else 0
+
+
+def download(args: argparse.Namespace, settings: Settings) -> int:
+    from fim_lsp.engine import EngineError, resolve_model
+
+    try:
+        folder = resolve_model(settings.model, lambda message, _: print(message, file=sys.stderr))
+    except EngineError as error:
+        return fail(str(error))
+    print(folder)
+    return 0
+
+
+def fail(message: str) -> int:
+    print(f"fim-lsp: {message}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""`fim-lsp doctor`: what the server would use on this machine, and how to fix what is missing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from fim_lsp import __version__
+from fim_lsp.settings import Settings
+
+
+def report(settings: Settings, say: Callable[[str], None]) -> list[str]:
+    """Print the report line by line; return the problems that stop the server from working."""
+    problems: list[str] = []
+
+    def problem(message: str) -> None:
+        problems.append(message)
+        say(f"  PROBLEM: {message}")
+
+    say(f"fim-lsp {__version__}")
+    say(f"Python {platform.python_version()} ({sys.executable}) on {platform.platform()}")
+    try:
+        import torch
+    except ImportError:
+        problem("torch is not installed: pip install torch")
+        return problems
+    say(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    if torch.cuda.is_available():
+        say(f"CUDA {torch.version.cuda}: {torch.cuda.get_device_name(0)}")
+    else:
+        cuda_build = (
+            f"CUDA build {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        )
+        say(f"CUDA: no GPU visible (torch is {cuda_build}); the model runs on the CPU")
+
+    from fim_lsp.engine import EngineError, choose_precision, int8_problem
+
+    try:
+        import bitsandbytes
+
+        say(f"bitsandbytes {bitsandbytes.__version__}")
+    except Exception as error:
+        say(f"bitsandbytes: not usable ({error})")
+    for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        trouble = int8_problem(device)
+        say(f"8-bit on {device}: {'works' if trouble is None else trouble}")
+    try:
+        precision = choose_precision(settings.device, settings.quantization)
+        say(f"would run: {precision.reason}")
+    except EngineError as error:
+        problem(str(error))
+    model_report(settings.model, say, problem)
+    say("OK: the server can run." if not problems else f"{len(problems)} problem(s) found.")
+    return problems
+
+
+def model_report(model: str, say: Callable[[str], None], problem: Callable[[str], None]) -> None:
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from fim_lsp.engine.loading import DEMO_MODEL
+
+    say(f"model: {model}")
+    say(f"hub cache: {constants.HF_HUB_CACHE} (HF_HUB_OFFLINE={int(constants.HF_HUB_OFFLINE)})")
+    if model == "demo":
+        folder = DEMO_MODEL
+    elif Path(model).expanduser().is_dir():
+        folder = Path(model).expanduser()
+    else:
+        cached = try_to_load_from_cache(model, "config.json")
+        if not isinstance(cached, str):
+            problem(
+                f"{model} is not downloaded yet: run `fim-lsp download --model {model}` (2.9 GB)"
+            )
+            return
+        folder = Path(cached).parent
+    missing = [name for name in ("config.json", "tokenizer.json") if not (folder / name).is_file()]
+    weights = [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]
+    if missing or not weights:
+        problem(f"{folder} lacks {', '.join(missing) or 'weights'}: not a complete model folder")
+        return
+    size = sum(os.path.getsize(path) for path in weights) / 1e9
+    say(f"model files: {folder} ({size:.2f} GB of weights)")

@@ -1,0 +1,139 @@
+"""Finding the model (demo, local folder or hub id), choosing its precision, and loading it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from fim_lsp.engine.errors import EngineError
+from fim_lsp.engine.generate import Engine
+from fim_lsp.engine.precision import Precision, choose_precision
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "demo"
+# What the server needs from a hub repository; weights in safetensors when the repo has them.
+HUB_FILES = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+]
+HUB_PICKLE_WEIGHTS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+HUB_TOKENIZER = ["tokenizer.json"]
+
+Progress = Callable[[str, int | None], None]  # (message, percentage)
+
+
+def no_progress(message: str, percentage: int | None) -> None:
+    log.info("%s%s", message, f" ({percentage}%)" if percentage is not None else "")
+
+
+def resolve_model(
+    model: str, progress: Progress = no_progress, tokenizer_only: bool = False
+) -> Path:
+    """The local folder of `model`: "demo", a folder, or a hub id (downloaded once, then cached).
+
+    Honours HF_HUB_OFFLINE: offline, only the local cache is used. `tokenizer_only` fetches just
+    the tokenizer from the hub (for building prompts without the model).
+    """
+    if model == "demo":
+        if not (DEMO_MODEL / "config.json").is_file():
+            raise EngineError(f"the demo model is missing from this install ({DEMO_MODEL})")
+        return DEMO_MODEL
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return folder
+    if folder.is_absolute() or model.startswith((".", "~")) or model.count("/") != 1:
+        raise EngineError(f"model {model!r} is neither a folder nor a hub id like owner/name")
+    return download(model, progress, tokenizer_only)
+
+
+def download(repo_id: str, progress: Progress, tokenizer_only: bool = False) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    progress(f"fetching {repo_id}" + ("" if tokenizer_only else " (2.9 GB the first time)"), None)
+    try:
+        if tokenizer_only:
+            return Path(snapshot_download(repo_id, allow_patterns=HUB_TOKENIZER))
+        folder = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+        if not any(folder.glob("*.safetensors")):
+            log.warning("%s has no safetensors weights; loading its pickle weights", repo_id)
+            folder = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES + HUB_PICKLE_WEIGHTS))
+    except LocalEntryNotFoundError as error:
+        offline = (
+            "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
+        )
+        raise EngineError(
+            f"{repo_id} is not in the local cache ({constants.HF_HUB_CACHE}) and {offline}: "
+            f"run `fim-lsp download {repo_id}` with network access, or set model to a local folder "
+            "or to demo"
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise EngineError(f"no model {repo_id!r} on the hub (check the name)") from error
+    except (HfHubHTTPError, OSError) as error:
+        raise EngineError(f"downloading {repo_id} failed: {error}") from error
+    return folder
+
+
+def load_engine(
+    model: str,
+    vocab_size: int,
+    device: str = "auto",
+    quantization: str = "int8",
+    context_length: int = 2048,
+    reuse_cache: bool = True,
+    progress: Progress = no_progress,
+) -> Engine:
+    """Load `model` for generation, reporting progress; raises EngineError with a fix.
+
+    `vocab_size` is the tokenizer's: ids at or past it are never generated.
+    """
+    precision = choose_precision(device, quantization)
+    folder = resolve_model(model, progress)
+    progress(f"loading {folder.name} ({precision.reason})", 10)
+    model_obj = load_weights(folder, precision, context_length)
+    progress("model ready", 100)
+    # The hub config pads the embedding to 50304 rows; rows past the tokenizer are untrained.
+    vocab_size = min(vocab_size, model_obj.config.vocab_size)
+    return Engine(model_obj, precision, vocab_size, reuse_cache)
+
+
+def load_weights(folder: Path, precision: Precision, context_length: int):
+    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # stdout is the LSP wire; our own progress goes to the client
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except Exception as error:
+        raise EngineError(f"{folder} has no readable config.json ({error})") from error
+    # FIM-NeoX-1.3B's hub config says 1024 positions, but it was trained on 2048 (model card);
+    # rotary embeddings have no table to overflow, so honour the context we are asked for.
+    config.max_position_embeddings = max(config.max_position_embeddings, context_length)
+    options: dict = {
+        "config": config,
+        "dtype": precision.dtype,
+        "device_map": precision.device,  # weights go straight to their device
+        "trust_remote_code": False,
+    }
+    if precision.int8:
+        options["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, **options)
+    except torch.OutOfMemoryError as error:
+        raise EngineError(
+            f"out of memory loading {folder} on {precision.device}: {error}"
+        ) from error
+    except (OSError, ValueError, RuntimeError) as error:
+        raise EngineError(f"cannot load the model in {folder}: {error}") from error
+    return model.eval()

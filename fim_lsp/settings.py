@@ -1,0 +1,104 @@
+"""Typed, defaulted settings and their one precedence.
+
+Precedence, lowest first: defaults < command-line flags < LSP `initializationOptions`
+< `workspace/didChangeConfiguration`. The same names are used everywhere: snake_case in Python,
+kebab-case on the command line (`--max-new-tokens`), camelCase over LSP (`maxNewTokens`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_MODEL = "CarperAI/FIM-NeoX-1.3B"
+
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "quantization": ("int8", "none"),
+    "multiline": ("auto", "always", "never"),
+}
+MINIMUM = {"context_length": 64, "max_new_tokens": 1, "temperature": 0.0, "debounce_ms": 0}
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Startup: changing one of these reloads the model.
+    model: str = DEFAULT_MODEL  # hub id, local folder, or "demo"
+    device: str = "auto"
+    quantization: str = "int8"
+    # Live: read for every request.
+    context_length: int = 2048  # tokens: prompt plus generated
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    multiline: str = "auto"
+    debounce_ms: int = 30
+    log_file: str | None = None
+
+    def reloads_model(self, other: Settings) -> bool:
+        return (self.model, self.device, self.quantization) != (
+            other.model,
+            other.device,
+            other.quantization,
+        )
+
+
+FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
+
+
+def camel_case(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
+def snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower().replace("-", "_")
+
+
+def merge(settings: Settings, options: Mapping[str, Any] | None) -> tuple[Settings, list[str]]:
+    """Apply options (camelCase or snake_case keys) over `settings`.
+
+    Returns the new settings and a warning per option that was unknown or invalid; those keep
+    their previous value, so a typo in an editor's config never stops the server.
+    """
+    changes: dict[str, Any] = {}
+    warnings: list[str] = []
+    for key, value in (options or {}).items():
+        name = snake_case(key)
+        if name not in FIELDS:
+            warnings.append(f"unknown setting {key!r} ignored")
+            continue
+        if value is None and name != "log_file":
+            continue
+        try:
+            changes[name] = validate(name, value)
+        except (TypeError, ValueError) as error:
+            default = getattr(settings, name)
+            warnings.append(f"setting {key!r}: {error}; keeping {default!r}")
+    return dataclasses.replace(settings, **changes), warnings
+
+
+def validate(name: str, value: Any) -> Any:
+    kind = {"int": int, "float": float, "str": str, "str | None": str}[str(FIELDS[name].type)]
+    if isinstance(value, bool) or (kind is not str and isinstance(value, str)):
+        raise TypeError(f"expected a number, got {value!r}")
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"expected a whole number, got {value!r}")
+    value = kind(value)
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ValueError(f"{value!r} is not one of {', '.join(CHOICES[name])}")
+    if name in MINIMUM and value < MINIMUM[name]:
+        raise ValueError(f"{value!r} is below the minimum {MINIMUM[name]}")
+    if name == "model" and not value.strip():
+        raise ValueError("empty model name")
+    return value
+
+
+def from_client(payload: Any) -> Mapping[str, Any]:
+    """The fim-lsp options inside an LSP settings payload (`{"fimLsp": {...}}` or flat)."""
+    if not isinstance(payload, Mapping):
+        return {}
+    section = payload.get("fimLsp", payload.get("fim-lsp", payload))
+    return section if isinstance(section, Mapping) else {}

@@ -1,0 +1,138 @@
+"""The engine on a tiny real model: the decode loop, KV-cache reuse, stops, cancel, loading."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from fim_lsp.engine import EngineError, choose_precision, load_engine, resolve_model
+
+VOCAB = 50280  # the tokenizer's size; the model's embedding has 50304 rows
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return load_engine(str(tiny_model_dir), VOCAB, device="cpu", quantization="none")
+
+
+def reference_greedy(model, prompt: list[int], count: int) -> list[int]:
+    """Greedy tokens computed the slow way: the whole sequence again for every token, no cache."""
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(count):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1, :VOCAB]
+            ids.append(int(torch.argmax(logits)))
+    return ids[len(prompt) :]
+
+
+PROMPT = [50277, 32488, 535, 50274, 18891, 426, 1269, 559, 340, 50278, 1545, 4868, 9, 89, 50279]
+
+
+def test_decode_loop_with_cache_matches_recomputing_everything(engine):
+    generation = engine.generate(PROMPT, 12, end_id=-1)
+    assert generation.ids == reference_greedy(engine.model, PROMPT, 12)
+    assert generation.stop_reason == "length"
+    assert generation.prompt_tokens == len(PROMPT)
+
+
+def test_padded_vocabulary_rows_are_never_generated(engine):
+    generation = engine.generate(PROMPT, 20, end_id=-1, temperature=5.0, seed=1)
+    assert max(generation.ids) < VOCAB
+
+
+def test_reused_cache_gives_the_same_tokens_as_a_cold_run(engine, tiny_model_dir):
+    cold = load_engine(
+        str(tiny_model_dir), VOCAB, device="cpu", quantization="none", reuse_cache=False
+    )
+    engine.generate(PROMPT, 8, end_id=-1)
+    for prompt in (
+        [*PROMPT[:-1], 13, 340, 50279],  # typed two more tokens at the cursor
+        [*PROMPT[:-2], 50279],  # backspace
+        [*PROMPT[:3], 999, 998, *PROMPT[5:]],  # an edit higher up in the suffix
+    ):
+        warm = engine.generate(prompt, 8, end_id=-1)
+        assert warm.ids == cold.generate(prompt, 8, end_id=-1).ids
+        assert warm.cached_tokens > 0
+        assert cold.cache.ids == prompt + cold.generate(prompt, 8, end_id=-1).ids[:-1]
+    typed = [*PROMPT[:-1], 13, 340, 50279]
+    engine.generate(PROMPT, 8, end_id=-1)
+    assert engine.generate(typed, 1, end_id=-1).cached_tokens == len(PROMPT) - 1
+
+
+def test_end_token_stops_and_is_not_returned(engine):
+    first = engine.generate(PROMPT, 5, end_id=-1).ids
+    generation = engine.generate(PROMPT, 5, end_id=first[2])
+    assert generation.ids == first[:2] and generation.stop_reason == "end"
+
+
+def test_should_stop_ends_generation_at_once(engine):
+    generation = engine.generate(PROMPT, 30, end_id=-1, should_stop=lambda ids: len(ids) == 4)
+    assert len(generation.ids) == 4 and generation.stop_reason == "stop"
+
+
+def test_cancel_stops_within_one_token(engine):
+    cancel = threading.Event()
+
+    def cancel_after_three(ids: list[int]) -> bool:
+        if len(ids) == 3:
+            cancel.set()  # as the server's loop would, from another thread
+        return False
+
+    generation = engine.generate(
+        PROMPT, 50, end_id=-1, should_stop=cancel_after_three, cancel=cancel
+    )
+    assert len(generation.ids) == 3 and generation.stop_reason == "cancelled"
+
+
+def test_cancel_before_prefill_runs_nothing(engine):
+    cancel = threading.Event()
+    cancel.set()
+    generation = engine.generate([*PROMPT[:-1], 7, 50279], 5, end_id=-1, cancel=cancel)
+    assert generation.ids == [] and generation.stop_reason == "cancelled"
+
+
+def test_int8_loads_through_bitsandbytes_on_cpu(tiny_model_dir):
+    import bitsandbytes as bnb
+
+    engine = load_engine(str(tiny_model_dir), VOCAB, device="cpu", quantization="int8")
+    layers = [m for m in engine.model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    assert layers and engine.precision.int8
+    assert len(engine.generate(PROMPT, 4, end_id=-1).ids) == 4
+
+
+def test_max_position_embeddings_is_raised_to_the_context(tiny_model_dir):
+    engine = load_engine(
+        str(tiny_model_dir), VOCAB, device="cpu", quantization="none", context_length=2048
+    )
+    assert engine.model.config.max_position_embeddings == 2048  # the hub config says 1024
+
+
+def test_precision_is_decided_from_explicit_settings():
+    assert choose_precision("cpu", "none").dtype == torch.float32
+    assert choose_precision("cpu", "int8").int8
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="no CUDA GPU"):
+            choose_precision("cuda", "int8")
+
+
+def test_offline_hub_model_that_is_not_cached_says_how_to_fix_it(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(EngineError, match="fim-lsp download"):
+        resolve_model("CarperAI/FIM-NeoX-1.3B")
+
+
+@pytest.mark.parametrize("name", ["./missing-folder", "/abs/missing", "not a model id", "a/b/c"])
+def test_names_that_are_neither_folders_nor_hub_ids(name):
+    with pytest.raises(EngineError, match="neither a folder nor a hub id"):
+        resolve_model(name)
+
+
+def test_a_folder_without_weights_is_a_clear_error(tmp_path, tiny_model_dir):
+    (tmp_path / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    with pytest.raises(EngineError, match="cannot load the model"):
+        load_engine(str(tmp_path), VOCAB, device="cpu", quantization="none")

@@ -1,0 +1,56 @@
+"""Settings: defaults, the names clients use, validation that warns and falls back."""
+
+from __future__ import annotations
+
+import pytest
+
+from fim_lsp.settings import Settings, from_client, merge
+
+
+def test_defaults_match_the_documentation():
+    settings = Settings()
+    assert settings.model == "CarperAI/FIM-NeoX-1.3B"
+    assert (settings.device, settings.quantization) == ("auto", "int8")
+    assert (settings.context_length, settings.max_new_tokens, settings.temperature) == (
+        2048,
+        64,
+        0.0,
+    )
+
+
+def test_camel_case_options_apply_over_earlier_layers():
+    cli, _ = merge(Settings(), {"max_new_tokens": 32, "device": "cpu"})
+    init, _ = merge(cli, {"maxNewTokens": 16, "contextLength": 1024})
+    live, warnings = merge(init, {"maxNewTokens": 8})
+    assert (live.max_new_tokens, live.context_length, live.device) == (8, 1024, "cpu")
+    assert warnings == []
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"maxNewTokens": "many"}, "expected a number"),
+        ({"maxNewTokens": 0}, "below the minimum"),
+        ({"device": "tpu"}, "not one of"),
+        ({"temperature": True}, "expected a number"),
+        ({"contextLength": 10.5}, "whole number"),
+        ({"colour": "blue"}, "unknown setting"),
+    ],
+)
+def test_bad_options_warn_and_keep_the_previous_value(options, message):
+    settings, warnings = merge(Settings(), options)
+    assert settings == Settings()
+    assert len(warnings) == 1 and message in warnings[0]
+
+
+def test_settings_payloads_from_clients():
+    assert from_client({"fimLsp": {"model": "demo"}}) == {"model": "demo"}
+    assert from_client({"model": "demo"}) == {"model": "demo"}
+    assert from_client(None) == {}
+    assert from_client({"fimLsp": None}) == {}
+
+
+def test_only_startup_settings_reload_the_model():
+    settings = Settings()
+    assert settings.reloads_model(merge(settings, {"model": "demo"})[0])
+    assert not settings.reloads_model(merge(settings, {"maxNewTokens": 3})[0])
