@@ -85,7 +85,9 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     add("--max-new-tokens", type=int, default=keep, help="default 64")
     add("--temperature", type=float, default=keep, help="0 = greedy (default)")
     add("--multiline", default=keep, choices=CHOICES["multiline"], help="default auto")
+    add("--max-time-ms", type=int, default=keep, help="end at the next line end after this")
     add("--debounce-ms", type=int, default=keep, help="default 30")
+    add("--draft-tokens", type=int, default=keep, help="prompt-lookup draft length, 0 = off")
     add("--log-file", default=keep, help="log here instead of stderr")
 
 

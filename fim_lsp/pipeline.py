@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -88,10 +89,16 @@ class Completer:
         if mode is None or prompt is None:
             return Completion("", stop_reason="gate")
         max_new_tokens = new_tokens_allowed(settings)
+        deadline = started + settings.max_time_ms / 1000 if settings.max_time_ms else None
 
         def should_stop(ids: list[int]) -> bool:
+            out_of_time = deadline is not None and time.perf_counter() > deadline
+            if out_of_time and "\n" in self.tokenizer.decode(ids[-1:]):
+                return True  # end with the line just finished
             return postprocess.stop_index(self.tokenizer.decode(ids), document, mode) is not None
 
+        self.engine.reuse_cache = settings.cache_reuse
+        self.engine.draft_tokens = settings.draft_tokens
         generation = self.engine.generate(
             prompt.ids,
             max_new_tokens,
@@ -118,4 +125,35 @@ class Completer:
             cached_tokens=generation.cached_tokens,
             stop_reason=generation.stop_reason,
             timings_ms=timings,
+        )
+
+
+class ShownSuggestions:
+    """The last suggestion answered per document, so that typing it out costs no model run."""
+
+    def __init__(self) -> None:
+        self.shown: dict[str, tuple[Cursor, Completion]] = {}
+
+    def remember(self, key: str, cursor: Cursor, completion: Completion) -> None:
+        self.shown[key] = (cursor, completion)
+
+    def forget(self, key: str) -> None:
+        self.shown.pop(key, None)
+
+    def follow(self, key: str, cursor: Cursor) -> Completion | None:
+        """The rest of the shown suggestion when the user has typed its start, else None."""
+        if key not in self.shown:
+            return None
+        shown_at, completion = self.shown[key]
+        if cursor.suffix != shown_at.suffix or not cursor.prefix.startswith(shown_at.prefix):
+            return None
+        typed = cursor.prefix[len(shown_at.prefix) :]
+        if not typed or len(typed) >= len(completion.text) or not completion.text.startswith(typed):
+            return None
+        return dataclasses.replace(
+            completion,
+            text=completion.text[len(typed) :],
+            generated_tokens=0,
+            stop_reason="typed-through",
+            timings_ms={},
         )

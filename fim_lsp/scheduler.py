@@ -27,14 +27,17 @@ class Scheduler:
         """Queue work that no request waits for (loading the model)."""
         return self.worker.submit(work)
 
+    def supersede(self, key: str) -> None:
+        """Stop the job running or waiting for `key`: its answer is no longer wanted."""
+        if (job := self.latest.pop(key, None)) is not None:
+            job.set()
+
     async def run(
         self, key: str, work: Callable[[threading.Event], T], debounce_s: float = 0.0
     ) -> T | None:
         """Run `work(cancel)` in the worker; None when a newer job for `key` superseded it."""
-        cancel = threading.Event()
-        if (older := self.latest.get(key)) is not None:
-            older.set()
-        self.latest[key] = cancel
+        self.supersede(key)
+        cancel = self.latest[key] = threading.Event()
         try:
             if debounce_s > 0:
                 await asyncio.sleep(debounce_s)  # a burst of keystrokes makes one generation

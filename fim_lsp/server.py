@@ -14,7 +14,7 @@ from pygls.lsp.server import LanguageServer
 from fim_lsp import __version__
 from fim_lsp.document import Cursor, PositionError, offset_at, reply_range
 from fim_lsp.engine import EngineError
-from fim_lsp.pipeline import Completer, Completion, unsuitable
+from fim_lsp.pipeline import Completer, Completion, ShownSuggestions, unsuitable
 from fim_lsp.prompt import TokenizerError
 from fim_lsp.scheduler import Scheduler
 from fim_lsp.settings import Settings, from_client, merge
@@ -33,6 +33,7 @@ class FimLanguageServer(LanguageServer):
         self.state = "starting"  # starting, loading, ready, error
         self.state_message = ""
         self.scheduler = Scheduler()
+        self.shown = ShownSuggestions()
         self.loads = 0  # counts loads, so that only the newest one installs its model
         self.tasks: set[asyncio.Task] = set()
 
@@ -164,17 +165,23 @@ class FimLanguageServer(LanguageServer):
             log.warning("%s: %s", uri, error)
             return None
         cursor = Cursor(text[:offset], text[offset:], document.language_id or "")
-        try:
-            completion = await self.scheduler.run(
-                uri,
-                lambda cancel: completer.complete(cursor, cancel),
-                debounce_s=self.settings.debounce_ms / 1000,
-            )
-        except EngineError as error:
-            self.tell(types.MessageType.Error, str(error))
-            return None
+        completion = self.shown.follow(uri, cursor)
+        if completion is not None:
+            self.scheduler.supersede(uri)  # the user is typing what was shown: no model run
+        else:
+            try:
+                completion = await self.scheduler.run(
+                    uri,
+                    lambda cancel: completer.complete(cursor, cancel),
+                    debounce_s=self.settings.debounce_ms / 1000,
+                )
+            except EngineError as error:
+                self.tell(types.MessageType.Error, str(error))
+                return None
         if completion is None or not completion.text:
+            self.shown.forget(uri)
             return None
+        self.shown.remember(uri, cursor, completion)
         return completion, text, offset
 
 

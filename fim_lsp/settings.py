@@ -20,7 +20,14 @@ CHOICES = {
     "quantization": ("int8", "none"),
     "multiline": ("auto", "always", "never"),
 }
-MINIMUM = {"context_length": 64, "max_new_tokens": 1, "temperature": 0.0, "debounce_ms": 0}
+MINIMUM = {
+    "context_length": 64,
+    "max_new_tokens": 1,
+    "temperature": 0.0,
+    "max_time_ms": 0,
+    "debounce_ms": 0,
+    "draft_tokens": 0,
+}
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,10 @@ class Settings:
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0 = greedy
     multiline: str = "auto"
+    max_time_ms: int = 4000  # past this, generation ends at the next line end; 0 = no limit
     debounce_ms: int = 30
+    draft_tokens: int = 8  # prompt-lookup speculative decoding (greedy only); 0 = off
+    cache_reuse: bool = True  # keep the KV cache across requests (off: for benchmarks)
     log_file: str | None = None
 
     def reloads_model(self, other: Settings) -> bool:
@@ -81,7 +91,13 @@ def merge(settings: Settings, options: Mapping[str, Any] | None) -> tuple[Settin
 
 
 def validate(name: str, value: Any) -> Any:
-    kind = {"int": int, "float": float, "str": str, "str | None": str}[str(FIELDS[name].type)]
+    kind = {"int": int, "float": float, "bool": bool, "str": str, "str | None": str}[
+        str(FIELDS[name].type)
+    ]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {value!r}")
+        return value
     if isinstance(value, bool) or (kind is not str and isinstance(value, str)):
         raise TypeError(f"expected a number, got {value!r}")
     if kind is int and isinstance(value, float) and not value.is_integer():

@@ -136,3 +136,16 @@ def test_a_folder_without_weights_is_a_clear_error(tmp_path, tiny_model_dir):
     (tmp_path / "config.json").write_text((tiny_model_dir / "config.json").read_text())
     with pytest.raises(EngineError, match="cannot load the model"):
         load_engine(str(tmp_path), VOCAB, device="cpu", quantization="none")
+
+
+def test_prompt_lookup_drafts_keep_exactly_the_greedy_tokens(tiny_model_dir):
+    plain = load_engine(str(tiny_model_dir), VOCAB, device="cpu", quantization="none")
+    plain.draft_tokens = 0
+    drafting = load_engine(str(tiny_model_dir), VOCAB, device="cpu", quantization="none")
+    # A prompt that repeats itself, so that the n-gram lookup finds drafts.
+    repeated = [50277, *([1545, 4868, 9, 89, 13, 340, 10] * 6), 50278, 1545, 4868, 50279]
+    expected = plain.generate(repeated, 40, end_id=-1).ids
+    assert drafting.generate(repeated, 40, end_id=-1).ids == expected
+    assert expected == reference_greedy(plain.model, repeated, 40)
+    assert drafting.drafted > 0
+    assert drafting.cache.ids == repeated + expected[:-1]  # rejected drafts left the cache

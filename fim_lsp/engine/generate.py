@@ -58,13 +58,22 @@ class PromptCache:
 class Engine:
     """One loaded model and its cache. Not thread-safe: the scheduler's one worker owns it."""
 
-    def __init__(self, model, precision: Precision, vocab_size: int, reuse_cache: bool = True):
+    def __init__(
+        self,
+        model,
+        precision: Precision,
+        vocab_size: int,
+        reuse_cache: bool = True,
+        draft_tokens: int = 8,
+    ):
         self.model = model
         self.precision = precision
         self.device = torch.device(precision.device)
         self.vocab_size = vocab_size  # logits past it are never sampled
         self.reuse_cache = reuse_cache
+        self.draft_tokens = draft_tokens  # prompt-lookup draft length; 0 turns drafting off
         self.cache = PromptCache()
+        self.drafted = self.accepted = 0  # totals, for benchmarks
 
     @torch.inference_mode()
     def generate(
@@ -87,27 +96,18 @@ class Engine:
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         if not self.reuse_cache:
             self.cache.clear()
+        generated: list[int] = []
         try:
             cached = self.cache.keep(prompt)
             logits = self.prefill(prompt[cached:], cancel)
             prefilled_at = time.perf_counter()
-            generated: list[int] = []
-            stop_reason = "cancelled" if logits is None else "length"
-            while logits is not None and len(generated) < max_new_tokens:
-                token = self.sample(logits, temperature, generator)
-                if token == end_id:
-                    stop_reason = "end"
-                    break
-                generated.append(token)
-                if should_stop is not None and should_stop(generated):
-                    stop_reason = "stop"
-                    break
-                if len(generated) == max_new_tokens:
-                    break
-                if cancel.is_set():
-                    stop_reason = "cancelled"
-                    break
-                logits = self.decode_step(token)
+            if logits is None:
+                stop_reason = "cancelled"
+            else:
+                stop_reason = self.decode(
+                    prompt, generated, self.sample(logits[-1], temperature, generator),
+                    max_new_tokens, end_id, temperature, generator, should_stop, cancel,
+                )  # fmt: skip
         except BaseException as error:
             self.cache.clear()  # a forward pass that broke off may have grown some layers only
             if isinstance(error, torch.OutOfMemoryError):
@@ -125,6 +125,71 @@ class Engine:
         }
         return Generation(generated, len(prompt), cached, stop_reason, timings)
 
+    def decode(
+        self,
+        prompt: list[int],
+        generated: list[int],
+        first: int,
+        max_new_tokens: int,
+        end_id: int,
+        temperature: float,
+        generator: torch.Generator | None,
+        should_stop: Callable[[list[int]], bool] | None,
+        cancel: threading.Event,
+    ) -> str:
+        """Append tokens to `generated` until a stop; returns the stop reason."""
+        # Tokens decided but not yet returned; all but the last are already in the cache.
+        decided = [first]
+        while True:
+            token = decided.pop(0)
+            if token == end_id:
+                return "end"
+            generated.append(token)
+            if should_stop is not None and should_stop(generated):
+                return "stop"
+            if len(generated) >= max_new_tokens:
+                return "length"
+            if decided:
+                continue
+            if cancel.is_set():
+                return "cancelled"
+            room = max_new_tokens - len(generated) - 1
+            draft = self.draft(prompt + generated, room) if temperature <= 0 else []
+            if draft:
+                decided = self.verify(token, draft)
+            else:
+                decided = [self.sample(self.forward([token])[-1], temperature, generator)]
+
+    def draft(self, ids: list[int], limit: int) -> list[int]:
+        """Prompt-lookup drafting: the tokens that followed the last earlier occurrence of the
+        sequence's final n-gram (code repeats its own names and lines a lot)."""
+        limit = min(limit, self.draft_tokens)
+        if limit <= 0:
+            return []
+        for n in (3, 2):
+            tail = ids[-n:]
+            for start in range(len(ids) - n - 1, -1, -1):
+                if ids[start : start + n] == tail:
+                    return ids[start + n : start + n + limit]
+        return []
+
+    def verify(self, token: int, draft: list[int]) -> list[int]:
+        """Run `token` and the draft in one forward pass; keep the draft's longest prefix that
+        greedy decoding would have produced, plus the model's own next token (exactly greedy)."""
+        predicted = torch.argmax(
+            self.forward([token, *draft], keep=len(draft) + 1), dim=-1
+        ).tolist()
+        accepted = 0
+        while accepted < len(draft) and predicted[accepted] == draft[accepted]:
+            accepted += 1
+        rejected = len(draft) - accepted
+        if rejected:
+            self.cache.kv.crop(-rejected)
+            del self.cache.ids[-rejected:]
+        self.drafted += len(draft)
+        self.accepted += accepted
+        return [*draft[:accepted], predicted[accepted]]
+
     def prefill(self, ids: list[int], cancel: threading.Event) -> torch.Tensor | None:
         """Run `ids` through the model after the cache; the last position's logits, or None if
         cancelled. Chunks already run stay in the cache."""
@@ -135,19 +200,19 @@ class Engine:
             logits = self.forward(ids[start : start + PREFILL_CHUNK])
         return logits
 
-    def decode_step(self, token: int) -> torch.Tensor:
-        return self.forward([token])
-
-    def forward(self, ids: list[int]) -> torch.Tensor:
-        # input_ids: [1, n]; logits: [vocab] for the last position only
+    def forward(self, ids: list[int], keep: int = 1) -> torch.Tensor:
+        # input_ids: [1, n] -> logits: [keep, vocab] for the last `keep` positions
         input_ids = torch.tensor([ids], device=self.device)
-        out = self.model(input_ids=input_ids, cache=self.cache.kv, use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=input_ids, cache=self.cache.kv, use_cache=True, logits_to_keep=keep
+        )
         self.cache.ids.extend(ids)
-        return out.logits[0, -1, : self.vocab_size].float()
+        return out.logits[0, :, : self.vocab_size].float()
 
     def sample(
         self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None
     ) -> int:
+        # logits: [vocab]
         if temperature <= 0:
             return int(torch.argmax(logits))
         probabilities = torch.softmax(logits / temperature, dim=-1)

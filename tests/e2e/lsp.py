@@ -22,8 +22,9 @@ async def start(
 ) -> tuple[LanguageClient, types.InitializeResult]:
     client = make_test_lsp_client()
     await client.start_io(
-        PYTHON, "-m", "fim_lsp", "serve", "--model", str(model), "--quantization", "none", *flags
-    )
+        PYTHON, "-m", "fim_lsp", "serve", "--model", str(model), "--quantization", "none",
+        "--max-time-ms", "0", *flags,
+    )  # fmt: skip
     if capabilities is None:
         capabilities = client_capabilities("visual-studio-code")
         capabilities.general = types.GeneralClientCapabilities(position_encodings=encodings)

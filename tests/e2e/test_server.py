@@ -37,7 +37,7 @@ def cli_completion(tiny_model_dir, tmp_path_factory) -> dict:
     where = f"{path}:{LINE + 1}:{CURSOR_CHARS + 1}"
     out = subprocess.run(
         [sys.executable, "-m", "fim_lsp", "complete", where, "--json", "--quantization", "none",
-         "--model", str(tiny_model_dir)],
+         "--model", str(tiny_model_dir), "--max-time-ms", "0"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return json.loads(out.stdout)
@@ -230,5 +230,31 @@ async def test_neovim_capabilities_negotiate_utf8(tiny_model_dir):
     client, result = await start(tiny_model_dir, capabilities=client_capabilities("neovim@v0.11.0"))
     try:
         assert result.capabilities.position_encoding == "utf-8"
+    finally:
+        await client.shutdown_session()
+
+
+async def test_typing_the_start_of_a_suggestion_is_answered_without_the_model(tiny_model_dir):
+    client, _ = await start(tiny_model_dir, ["utf-16"])
+    try:
+        await wait_ready(client)
+        open_document(client, URI, TEXT)
+        (shown,) = (await inline(client, URI, LINE, CURSOR_CHARS)).items
+        typed = shown.insert_text[:2]
+        where = types.Position(LINE, units(TEXT.split("\r\n")[LINE][:CURSOR_CHARS], "utf-16"))
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+                content_changes=[
+                    types.TextDocumentContentChangePartial(
+                        range=types.Range(where, where), text=typed
+                    )
+                ],
+            )
+        )
+        column = where.character + units(typed, "utf-16")
+        (rest,) = (await inline(client, URI, LINE, column)).items
+        assert rest.insert_text == shown.insert_text[2:]
+        assert rest.range.start == types.Position(LINE, column)
     finally:
         await client.shutdown_session()
