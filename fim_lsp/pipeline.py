@@ -28,6 +28,8 @@ class Completion:
     prompt_ids: list[int] = field(default_factory=list)
     generated_tokens: int = 0
     cached_tokens: int = 0
+    drafted_tokens: int = 0  # prompt-lookup draft tokens checked, and how many were right
+    accepted_tokens: int = 0
     stop_reason: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -123,6 +125,8 @@ class Completer:
             prompt_ids=prompt.ids,
             generated_tokens=len(generation.ids),
             cached_tokens=generation.cached_tokens,
+            drafted_tokens=generation.drafted,
+            accepted_tokens=generation.accepted,
             stop_reason=generation.stop_reason,
             timings_ms=timings,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import uuid
@@ -178,11 +179,29 @@ class FimLanguageServer(LanguageServer):
             except EngineError as error:
                 self.tell(types.MessageType.Error, str(error))
                 return None
+        if completion is not None:
+            self.log_completion(uri, completion)
         if completion is None or not completion.text:
             self.shown.forget(uri)
             return None
         self.shown.remember(uri, cursor, completion)
         return completion, text, offset
+
+    def log_completion(self, uri: str, completion: Completion) -> None:
+        """One log line per answer, with the numbers benchmarks and bug reports need."""
+        stats = {
+            "uri": uri,
+            "prompt_tokens": len(completion.prompt_ids),
+            "cached_tokens": completion.cached_tokens,
+            "generated_tokens": completion.generated_tokens,
+            "drafted_tokens": completion.drafted_tokens,
+            "accepted_tokens": completion.accepted_tokens,
+            "stop_reason": completion.stop_reason,
+            "timings_ms": {name: round(ms, 1) for name, ms in completion.timings_ms.items()},
+        }
+        self.window_log_message(
+            types.LogMessageParams(types.MessageType.Log, f"completion {json.dumps(stats)}")
+        )
 
 
 server = FimLanguageServer()

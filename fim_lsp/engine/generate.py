@@ -30,6 +30,8 @@ class Generation:
     cached_tokens: int  # prompt tokens whose KV came from the cache
     stop_reason: str  # "end", "length", "stop", "cancelled"
     timings_ms: dict[str, float] = field(default_factory=dict)
+    drafted: int = 0  # prompt-lookup draft tokens verified, and how many the model agreed with
+    accepted: int = 0
 
 
 class PromptCache:
@@ -73,7 +75,7 @@ class Engine:
         self.reuse_cache = reuse_cache
         self.draft_tokens = draft_tokens  # prompt-lookup draft length; 0 turns drafting off
         self.cache = PromptCache()
-        self.drafted = self.accepted = 0  # totals, for benchmarks
+        self.drafted = self.accepted = 0  # running totals
 
     @torch.inference_mode()
     def generate(
@@ -97,6 +99,7 @@ class Engine:
         if not self.reuse_cache:
             self.cache.clear()
         generated: list[int] = []
+        drafted, accepted = self.drafted, self.accepted
         try:
             cached = self.cache.keep(prompt)
             logits = self.prefill(prompt[cached:], cancel)
@@ -123,7 +126,10 @@ class Engine:
             "decode": (finished - prefill_end) * 1000,
             "total": (finished - started) * 1000,
         }
-        return Generation(generated, len(prompt), cached, stop_reason, timings)
+        return Generation(
+            generated, len(prompt), cached, stop_reason, timings,
+            drafted=self.drafted - drafted, accepted=self.accepted - accepted,
+        )  # fmt: skip
 
     def decode(
         self,

@@ -239,9 +239,9 @@ async def test_typing_the_start_of_a_suggestion_is_answered_without_the_model(ti
     try:
         await wait_ready(client)
         open_document(client, URI, TEXT)
-        (shown,) = (await inline(client, URI, LINE, CURSOR_CHARS)).items
-        typed = shown.insert_text[:2]
         where = types.Position(LINE, units(TEXT.split("\r\n")[LINE][:CURSOR_CHARS], "utf-16"))
+        (shown,) = (await inline(client, URI, LINE, where.character)).items
+        typed = shown.insert_text[:2]
         client.text_document_did_change(
             types.DidChangeTextDocumentParams(
                 text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),

@@ -1,0 +1,55 @@
+"""The machine's floor for this model: memory read bandwidth (decode) and int8 matmul rate (prefill)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def timed(work, repeats: int = 5) -> float:
+    """Median seconds of `work()` after one warm-up run."""
+    work()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def read_bandwidth(size_bytes: int = 1 << 30) -> float:
+    """Bytes per second of a matrix-vector product over `size_bytes` of fp32 weights."""
+    weights = torch.randn(size_bytes // 4 // 4096, 4096)
+    vector = torch.randn(4096)
+    return size_bytes / timed(lambda: torch.mv(weights, vector))
+
+
+def int8_ops_per_second(tokens: int = 256, width: int = 2048, out: int = 8192) -> float:
+    a = torch.randint(-128, 127, (tokens, width), dtype=torch.int8)
+    b = torch.randint(-128, 127, (width, out), dtype=torch.int8)
+    return 2 * tokens * width * out / timed(lambda: torch._int_mm(a, b))
+
+
+def measure_floor(model_config: Path, context: int, int8: bool = True) -> dict:
+    """Floors for one decode step and one prefilled token of the model in `model_config`."""
+    config = json.loads(model_config.read_text())
+    width, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    # Per layer: qkv (3 d^2) + attention output (d^2) + MLP (2 x 4 d^2) = 12 d^2 weights.
+    layer_weights = layers * 12 * width * width
+    # bitsandbytes keeps lm_head in full precision; the KV cache is fp32 (keys and values).
+    weight_bytes = layer_weights * (1 if int8 else 4) + vocab * width * 4
+    kv_bytes = 2 * layers * width * 4 * context
+    bandwidth = read_bandwidth()
+    int8_rate = int8_ops_per_second()
+    return {
+        "read_gb_s": bandwidth / 1e9,
+        "int8_gops": int8_rate / 1e9,
+        "weight_bytes": weight_bytes,
+        "kv_bytes": kv_bytes,
+        "decode_floor_ms": (weight_bytes + kv_bytes) / bandwidth * 1000,
+        "prefill_floor_ms_per_token": 2 * layer_weights / int8_rate * 1000,
+    }
