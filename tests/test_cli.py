@@ -55,7 +55,7 @@ def test_complete_json_reports_the_run(tiny_model_dir, card_file):
     ):
         assert key in report
     assert set(report["timings_ms"]) >= {"load", "prefill", "decode", "total"}
-    assert report["quantization"] == "int8" and report["device"] == "cpu"
+    assert report["quantization"].startswith("int8") and report["device"] == "cpu"
     assert 0 < report["generated_tokens"] <= 6
     assert report["prompt_tokens"] == len(report["prompt_ids"]) == 28
     plain = fim_lsp("complete", where, "--model", str(tiny_model_dir), "--max-new-tokens", "6")

@@ -96,10 +96,31 @@ def test_cancel_before_prefill_runs_nothing(engine):
 def test_int8_loads_through_bitsandbytes_on_cpu(tiny_model_dir):
     import bitsandbytes as bnb
 
-    engine = load_engine(str(tiny_model_dir), VOCAB, device="cpu", quantization="int8")
+    engine = load_engine(
+        str(tiny_model_dir), VOCAB, device="cpu", quantization="int8", int8_backend="bitsandbytes"
+    )
     layers = [m for m in engine.model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
-    assert layers and engine.precision.int8
+    assert layers and engine.precision.int8 == "bitsandbytes"
     assert len(engine.generate(PROMPT, 4, end_id=-1).ids) == 4
+
+
+def test_int8_through_torch_dynamic_layers_on_cpu(tiny_model_dir):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    engine = load_engine(
+        str(tiny_model_dir), VOCAB, device="cpu", quantization="int8", int8_backend="torch-dynamic"
+    )
+    modules = list(engine.model.modules())
+    assert any(isinstance(m, DynamicLinear) for m in modules)
+    assert not any(type(m) is torch.nn.Linear for m in modules)  # lm_head included
+    assert {p.dtype for p in engine.model.parameters()} == {torch.float32}
+    assert len(engine.generate(PROMPT, 4, end_id=-1).ids) == 4
+
+
+def test_cpu_int8_backend_is_chosen_by_measurement():
+    precision = choose_precision("cpu", "int8")
+    assert precision.int8 in ("bitsandbytes", "torch-dynamic")
+    assert "GOP/s" in precision.reason
 
 
 def test_max_position_embeddings_is_raised_to_the_context(tiny_model_dir):
@@ -111,7 +132,6 @@ def test_max_position_embeddings_is_raised_to_the_context(tiny_model_dir):
 
 def test_precision_is_decided_from_explicit_settings():
     assert choose_precision("cpu", "none").dtype == torch.float32
-    assert choose_precision("cpu", "int8").int8
     if not torch.cuda.is_available():
         with pytest.raises(EngineError, match="no CUDA GPU"):
             choose_precision("cuda", "int8")

@@ -10,7 +10,13 @@ import torch
 
 from fim_lsp.engine.errors import EngineError
 from fim_lsp.engine.generate import Engine
-from fim_lsp.engine.precision import Precision, choose_precision
+from fim_lsp.engine.precision import (
+    BITSANDBYTES,
+    TORCH_DYNAMIC,
+    Precision,
+    choose_precision,
+    quantize_linear_layers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +99,13 @@ def load_engine(
     context_length: int = 2048,
     reuse_cache: bool = True,
     progress: Progress = no_progress,
+    int8_backend: str | None = None,
 ) -> Engine:
     """Load `model` for generation, reporting progress; raises EngineError with a fix.
 
     `vocab_size` is the tokenizer's: ids at or past it are never generated.
     """
-    precision = choose_precision(device, quantization)
+    precision = choose_precision(device, quantization, int8_backend)
     folder = resolve_model(model, progress)
     progress(f"loading {folder.name} ({precision.reason})", 10)
     model_obj = load_weights(folder, precision, context_length)
@@ -126,10 +133,15 @@ def load_weights(folder: Path, precision: Precision, context_length: int):
         "device_map": precision.device,  # weights go straight to their device
         "trust_remote_code": False,
     }
-    if precision.int8:
+    if precision.int8 == BITSANDBYTES:
         options["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    if precision.int8 == TORCH_DYNAMIC:
+        # Half precision until each layer is quantized: peak memory near the 8-bit size.
+        options["dtype"] = torch.bfloat16
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **options)
+        if precision.int8 == TORCH_DYNAMIC:
+            quantize_linear_layers(model)  # in place
     except torch.OutOfMemoryError as error:
         raise EngineError(
             f"out of memory loading {folder} on {precision.device}: {error}"
