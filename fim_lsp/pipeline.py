@@ -72,11 +72,10 @@ class Completer:
         folder = resolve_model(settings.model, progress)
         tokenizer = FimTokenizer.from_file(folder / "tokenizer.json")
         engine = load_engine(
-            str(folder),
+            settings.model,
             tokenizer.vocab_size,
             device=settings.device,
             quantization=settings.quantization,
-            context_length=settings.context_length,
             progress=progress,
         )
         return cls(settings, tokenizer, engine)
@@ -86,7 +85,9 @@ class Completer:
     ) -> Completion:
         """The suggestion at `cursor` under the current settings (greedy when temperature is 0)."""
         started = time.perf_counter()
-        settings = self.settings
+        # No longer prompts than the model was trained on, whatever contextLength says.
+        context = min(self.settings.context_length, self.engine.context_length)
+        settings = dataclasses.replace(self.settings, context_length=context)
         document, mode, prompt = plan(self.tokenizer, settings, cursor, mode)
         if mode is None or prompt is None:
             return Completion("", stop_reason="gate")

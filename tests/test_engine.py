@@ -123,11 +123,14 @@ def test_cpu_int8_backend_is_chosen_by_measurement():
     assert "GOP/s" in precision.reason
 
 
-def test_max_position_embeddings_is_raised_to_the_context(tiny_model_dir):
-    engine = load_engine(
-        str(tiny_model_dir), VOCAB, device="cpu", quantization="none", context_length=2048
-    )
-    assert engine.model.config.max_position_embeddings == 2048  # the hub config says 1024
+def test_context_comes_from_the_config_except_where_it_is_known_wrong(tiny_model_dir):
+    from fim_lsp.engine.loading import TRAINED_CONTEXT, load_weights
+
+    engine = load_engine(str(tiny_model_dir), VOCAB, device="cpu", quantization="none")
+    assert engine.context_length == 1024  # as FIM-NeoX-1.3B's hub config says
+    assert TRAINED_CONTEXT["CarperAI/FIM-NeoX-1.3B"] == 2048  # as its model card says
+    model = load_weights(tiny_model_dir, choose_precision("cpu", "none"), trained_context=2048)
+    assert model.config.max_position_embeddings == 2048
 
 
 def test_precision_is_decided_from_explicit_settings():

@@ -72,6 +72,7 @@ class Engine:
         self.precision = precision
         self.device = torch.device(precision.device)
         self.vocab_size = vocab_size  # logits past it are never sampled
+        self.context_length = model.config.max_position_embeddings  # tokens it was trained on
         self.reuse_cache = reuse_cache
         self.draft_tokens = draft_tokens  # prompt-lookup draft length; 0 turns drafting off
         self.cache = PromptCache()

@@ -31,6 +31,9 @@ HUB_FILES = [
 ]
 HUB_PICKLE_WEIGHTS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 HUB_TOKENIZER = ["tokenizer.json"]
+# Models whose config understates the context they were trained on: FIM-NeoX-1.3B's hub config
+# says 1024 positions, its model card 2048. Other models are taken at their config's word.
+TRAINED_CONTEXT = {"CarperAI/FIM-NeoX-1.3B": 2048}
 
 Progress = Callable[[str, int | None], None]  # (message, percentage)
 
@@ -96,7 +99,6 @@ def load_engine(
     vocab_size: int,
     device: str = "auto",
     quantization: str = "int8",
-    context_length: int = 2048,
     reuse_cache: bool = True,
     progress: Progress = no_progress,
     int8_backend: str | None = None,
@@ -108,14 +110,14 @@ def load_engine(
     precision = choose_precision(device, quantization, int8_backend)
     folder = resolve_model(model, progress)
     progress(f"loading {folder.name} ({precision.reason})", 10)
-    model_obj = load_weights(folder, precision, context_length)
+    model_obj = load_weights(folder, precision, TRAINED_CONTEXT.get(model))
     progress("model ready", 100)
     # The hub config pads the embedding to 50304 rows; rows past the tokenizer are untrained.
     vocab_size = min(vocab_size, model_obj.config.vocab_size)
     return Engine(model_obj, precision, vocab_size, reuse_cache)
 
 
-def load_weights(folder: Path, precision: Precision, context_length: int):
+def load_weights(folder: Path, precision: Precision, trained_context: int | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
     from transformers.utils import logging as hf_logging
 
@@ -124,9 +126,8 @@ def load_weights(folder: Path, precision: Precision, context_length: int):
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except Exception as error:
         raise EngineError(f"{folder} has no readable config.json ({error})") from error
-    # FIM-NeoX-1.3B's hub config says 1024 positions, but it was trained on 2048 (model card);
-    # rotary embeddings have no table to overflow, so honour the context we are asked for.
-    config.max_position_embeddings = max(config.max_position_embeddings, context_length)
+    if trained_context:  # rotary embeddings have no table to overflow
+        config.max_position_embeddings = trained_context
     options: dict = {
         "config": config,
         "dtype": precision.dtype,
