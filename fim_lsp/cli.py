@@ -41,11 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fim-lsp {__version__}")
     add_settings(parser)
+    parser.add_argument("--stdio", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(run=serve, tcp=None)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     serve_parser = commands.add_parser("serve", help="speak LSP over stdio (the default)")
     serve_parser.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP, for debugging")
+    # Many clients append --stdio; stdio is the default anyway.
+    serve_parser.add_argument(
+        "--stdio", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     add_settings(serve_parser)
     serve_parser.set_defaults(run=serve)
 

@@ -236,7 +236,7 @@ async def did_change_configuration(
 
 
 @server.feature(STATUS)
-def status(ls: FimLanguageServer, params: Any) -> dict[str, Any]:
+def status(ls: FimLanguageServer, params: Any = None) -> dict[str, Any]:
     return ls.status()
 
 
@@ -272,7 +272,8 @@ async def completion(ls: FimLanguageServer, params: types.CompletionParams) -> t
         is_incomplete=True,  # ask again as the user types: the suggestion depends on every key
         items=[
             types.CompletionItem(
-                label=new_text.strip().splitlines()[0][:80] if new_text.strip() else new_text,
+                # The whole first line: clients that insert the label (lsp-mode) get it all.
+                label=new_text.strip().splitlines()[0] if new_text.strip() else new_text,
                 kind=types.CompletionItemKind.Text,
                 detail="fim-lsp",
                 filter_text=new_text,

@@ -71,7 +71,8 @@ def merge(settings: Settings, options: Mapping[str, Any] | None) -> tuple[Settin
     """Apply options (camelCase or snake_case keys) over `settings`.
 
     Returns the new settings and a warning per option that was unknown or invalid; those keep
-    their previous value, so a typo in an editor's config never stops the server.
+    their previous value, so a typo in an editor's config never stops the server. A null value
+    restores the default.
     """
     changes: dict[str, Any] = {}
     warnings: list[str] = []
@@ -80,7 +81,8 @@ def merge(settings: Settings, options: Mapping[str, Any] | None) -> tuple[Settin
         if name not in FIELDS:
             warnings.append(f"unknown setting {key!r} ignored")
             continue
-        if value is None and name != "log_file":
+        if value is None:  # a client clearing a setting: back to the default
+            changes[name] = FIELDS[name].default
             continue
         try:
             changes[name] = validate(name, value)

@@ -40,9 +40,8 @@ def test_dry_run_prints_the_card_prompt_with_only_a_tokenizer(tiny_model_dir, ca
 
 def test_complete_json_reports_the_run(tiny_model_dir, card_file):
     where, _ = card_file
-    out = fim_lsp(
-        "complete", where, "--json", "--model", str(tiny_model_dir), "--max-new-tokens", "6"
-    )
+    flags = ["--model", str(tiny_model_dir), "--max-new-tokens", "6", "--max-time-ms", "0"]
+    out = fim_lsp("complete", where, "--json", *flags)
     report = json.loads(out.stdout)
     for key in (
         "completion",
@@ -58,7 +57,7 @@ def test_complete_json_reports_the_run(tiny_model_dir, card_file):
     assert report["quantization"].startswith("int8") and report["device"] == "cpu"
     assert 0 < report["generated_tokens"] <= 6
     assert report["prompt_tokens"] == len(report["prompt_ids"]) == 28
-    plain = fim_lsp("complete", where, "--model", str(tiny_model_dir), "--max-new-tokens", "6")
+    plain = fim_lsp("complete", where, *flags)
     assert plain.stdout == report["completion"] + "\n"
     assert plain.stderr.count("\n") < 20  # logs, not progress bars, go to stderr
 
@@ -102,3 +101,8 @@ def test_doctor_says_what_is_missing(tmp_path):
 
 def test_version():
     assert fim_lsp("--version").stdout.startswith("fim-lsp ")
+
+
+@pytest.mark.parametrize("args", [["--stdio", "--help"], ["serve", "--stdio", "--help"]])
+def test_stdio_flag_that_clients_append_is_accepted(args):
+    assert fim_lsp(*args).returncode == 0

@@ -54,3 +54,9 @@ def test_only_startup_settings_reload_the_model():
     settings = Settings()
     assert settings.reloads_model(merge(settings, {"model": "demo"})[0])
     assert not settings.reloads_model(merge(settings, {"maxNewTokens": 3})[0])
+
+
+def test_null_restores_the_default():
+    changed, _ = merge(Settings(), {"maxNewTokens": 8, "logFile": "/tmp/x.log"})
+    restored, warnings = merge(changed, {"maxNewTokens": None, "logFile": None})
+    assert restored == Settings() and warnings == []

@@ -47,7 +47,7 @@ async def wait_ready(client: LanguageClient, timeout: float = 120) -> dict:
 
 
 async def server_status(client: LanguageClient) -> dict:
-    answer = await client.protocol.send_request_async("fimLsp/status", {})
+    answer = await client.protocol.send_request_async("fimLsp/status")  # no params, like VS Code
     return answer._asdict()  # pygls hands back unknown results as named tuples
 
 
