@@ -272,8 +272,7 @@ async def completion(ls: FimLanguageServer, params: types.CompletionParams) -> t
         is_incomplete=True,  # ask again as the user types: the suggestion depends on every key
         items=[
             types.CompletionItem(
-                # The whole first line: clients that insert the label (lsp-mode) get it all.
-                label=new_text.strip().splitlines()[0] if new_text.strip() else new_text,
+                label=menu_label(new_text),
                 kind=types.CompletionItemKind.Text,
                 detail="fim-lsp",
                 filter_text=new_text,
@@ -284,3 +283,12 @@ async def completion(ls: FimLanguageServer, params: types.CompletionParams) -> t
             )
         ],
     )
+
+
+def menu_label(text: str) -> str:
+    """The suggestion's first line as typed (clients like lsp-mode insert the label itself),
+    or its first line with code when it starts on a new line."""
+    first = text.split("\n", 1)[0].rstrip("\r")
+    if first.strip():
+        return first
+    return next((line.strip() for line in text.splitlines() if line.strip()), text)
