@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 from lsprotocol import types
 
 from fim_lsp import __version__, evaluate
+from fim_lsp.logs import configure_logging
 from fim_lsp.settings import CHOICES, FIELDS, Settings, merge
 
 # File extension -> LSP languageId, for `complete` (editors send the languageId themselves).
@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     settings, problems = merge(Settings(), options)
     if problems:
         parser.error("; ".join(problems))
-    configure_logging(settings.log_file)
+    try:
+        configure_logging(settings.log_file)
+    except OSError as error:
+        parser.error(f"cannot log to {settings.log_file}: {error}")
     return int(args.run(args, settings) or 0)
 
 
@@ -94,14 +97,6 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     add("--debounce-ms", type=int, default=keep, help="default 30")
     add("--draft-tokens", type=int, default=keep, help="prompt-lookup draft length, 0 = off")
     add("--log-file", default=keep, help="log here instead of stderr")
-
-
-def configure_logging(log_file: str | None) -> None:
-    # Never stdout: it is the LSP wire.
-    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message at INFO
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -15,6 +16,7 @@ from pygls.lsp.server import LanguageServer
 from fim_lsp import __version__
 from fim_lsp.document import Cursor, PositionError, offset_at, reply_range
 from fim_lsp.engine import EngineError
+from fim_lsp.logs import configure_logging
 from fim_lsp.pipeline import Completer, Completion, ShownSuggestions, unsuitable
 from fim_lsp.prompt import TokenizerError
 from fim_lsp.scheduler import Scheduler
@@ -46,6 +48,15 @@ class FimLanguageServer(LanguageServer):
         for warning in warnings:
             self.tell(types.MessageType.Warning, f"{source}: {warning}")
         reload = settings.reloads_model(self.settings) and self.state != "starting"
+        if settings.log_file != self.settings.log_file:
+            try:
+                configure_logging(settings.log_file)
+            except OSError as error:
+                self.tell(
+                    types.MessageType.Warning,
+                    f"{source}: cannot log to {settings.log_file}: {error}",
+                )
+                settings = dataclasses.replace(settings, log_file=self.settings.log_file)
         self.settings = settings
         if self.completer is not None:
             self.completer.settings = settings

@@ -210,11 +210,14 @@ async def test_cancel_request_is_answered_and_the_worker_is_free_again(tiny_mode
         await client.shutdown_session()
 
 
-async def test_settings_change_live_and_bad_values_are_reported(tiny_model_dir):
-    client, _ = await start(tiny_model_dir, ["utf-16"], {"maxNewTokens": "many"})
+async def test_settings_change_live_and_bad_values_are_reported(tiny_model_dir, tmp_path):
+    log_file = tmp_path / "fim-lsp.log"
+    options = {"maxNewTokens": "many", "logFile": str(log_file)}
+    client, _ = await start(tiny_model_dir, ["utf-16"], options)
     try:
         assert any("maxNewTokens" in m.message for m in client.messages)
         await wait_ready(client)
+        assert "model ready" in log_file.read_text()
         client.workspace_did_change_configuration(
             types.DidChangeConfigurationParams(settings={"fimLsp": {"maxNewTokens": 2}})
         )
