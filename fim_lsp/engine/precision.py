@@ -121,6 +121,9 @@ def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
     activations quantized per call), one layer at a time so memory stays near the final size."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # see the module docstring
+        warnings.filterwarnings(
+            "ignore", message=".*quantized tensor creation", category=UserWarning
+        )
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is torch.nn.Linear:
