@@ -261,3 +261,18 @@ async def test_typing_the_start_of_a_suggestion_is_answered_without_the_model(ti
         assert rest.range.start == types.Position(LINE, column)
     finally:
         await client.shutdown_session()
+
+
+async def test_device_cuda_without_a_gpu_is_explained(tiny_model_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    client, _ = await start(tiny_model_dir, ["utf-16"], None, None, "--device", "cuda")
+    try:
+        assert (await wait_ready(client))["state"] == "error"
+        assert any("no CUDA GPU" in m.message and "cpu" in m.message for m in client.messages)
+        open_document(client, URI, TEXT)
+        assert (await inline(client, URI, LINE, 0)).items == ()
+    finally:
+        await client.shutdown_session()
