@@ -206,7 +206,7 @@ async def bench(args: argparse.Namespace) -> dict:
     )
     return {
         "machine": machine(),
-        "model": args.model,
+        "model": os.path.relpath(args.model, ROOT) if Path(args.model).is_dir() else args.model,
         "quantization": args.quantization,
         "context": args.context,
         "load_s": load_s,
