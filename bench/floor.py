@@ -44,14 +44,19 @@ def int8_ops_per_second(tokens: int = 256, width: int = 2048, out: int = 8192) -
     return max(int_mm, dynamic)
 
 
-def measure_floor(model_config: Path, context: int, int8: bool = True) -> dict:
-    """Floors for one decode step and one prefilled token of the model in `model_config`."""
+def measure_floor(
+    model_config: Path, context: int, int8: bool = True, int8_lm_head: bool = False
+) -> dict:
+    """Floors for one decode step and one prefilled token of the model in `model_config`.
+
+    `int8_lm_head`: torch's dynamic int8 quantizes the output layer too; bitsandbytes keeps it fp32.
+    """
     config = json.loads(model_config.read_text())
     width, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
     # Per layer: qkv (3 d^2) + attention output (d^2) + MLP (2 x 4 d^2) = 12 d^2 weights.
     layer_weights = layers * 12 * width * width
-    # bitsandbytes keeps lm_head in full precision; the KV cache is fp32 (keys and values).
-    weight_bytes = layer_weights * (1 if int8 else 4) + vocab * width * 4
+    # The KV cache is fp32 (keys and values).
+    weight_bytes = layer_weights * (1 if int8 else 4) + vocab * width * (1 if int8_lm_head else 4)
     kv_bytes = 2 * layers * width * 4 * context
     bandwidth = read_bandwidth()
     int8_rate = int8_ops_per_second()

@@ -177,6 +177,7 @@ async def bench(args: argparse.Namespace) -> dict:
     client = await start_server(args.model, args.quantization, context_length)
     load_s = time.perf_counter() - load_started
     peak_rss = server_peak_rss_gb(client)
+    quantization = client.status.get("quantization") or "none"
     runs: list[Run] = []
     for number, (relative, typed) in enumerate(SCENARIOS[: args.scenarios]):
         source = (STDLIB / relative).read_text()
@@ -200,14 +201,19 @@ async def bench(args: argparse.Namespace) -> dict:
     await client.stop()
     config = Path(args.model) / "config.json"
     floor = (
-        measure_floor(config, args.context, args.quantization == "int8")
+        measure_floor(
+            config,
+            args.context,
+            int8=quantization.startswith("int8"),
+            int8_lm_head="torch-dynamic" in quantization,  # bitsandbytes keeps lm_head fp32
+        )
         if config.is_file()
         else None
     )
     return {
         "machine": machine(),
         "model": os.path.relpath(args.model, ROOT) if Path(args.model).is_dir() else args.model,
-        "quantization": args.quantization,
+        "quantization": quantization,
         "context": args.context,
         "load_s": load_s,
         "server_peak_rss_gb": peak_rss,
