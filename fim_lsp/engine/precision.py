@@ -124,10 +124,18 @@ def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
         warnings.filterwarnings(
             "ignore", message=".*quantized tensor creation", category=UserWarning
         )
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is torch.nn.Linear:
-                    child = child.float()
-                    child.qconfig = torch.ao.quantization.default_dynamic_qconfig  # type: ignore[assignment]
-                    setattr(parent, name, torch.ao.nn.quantized.dynamic.Linear.from_float(child))
+        # Hold the parents only: a list of all modules would keep every replaced layer (and its
+        # fp32 copy) alive until the end.
+        parents = [
+            m for m in model.modules() if any(type(c) is torch.nn.Linear for c in m.children())
+        ]
+        for parent in parents:
+            names = [
+                name for name, child in parent.named_children() if type(child) is torch.nn.Linear
+            ]
+            for name in names:
+                layer = getattr(parent, name).float()
+                layer.qconfig = torch.ao.quantization.default_dynamic_qconfig  # type: ignore[assignment]
+                setattr(parent, name, torch.ao.nn.quantized.dynamic.Linear.from_float(layer))
+                del layer
     return model.float()  # embeddings and norms
