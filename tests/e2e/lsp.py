@@ -59,6 +59,20 @@ def open_document(client: LanguageClient, uri: str, text: str, language: str = "
     )
 
 
+def insert_text(
+    client: LanguageClient, uri: str, version: int, where: types.Position, text: str
+) -> None:
+    """An incremental change that inserts `text` at `where`, as an editor sends a keystroke."""
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[
+                types.TextDocumentContentChangePartial(range=types.Range(where, where), text=text)
+            ],
+        )
+    )
+
+
 async def inline(client: LanguageClient, uri: str, line: int, character: int):
     return await client.text_document_inline_completion_async(
         types.InlineCompletionParams(

@@ -12,7 +12,15 @@ import pytest
 from lsprotocol import types
 from pytest_lsp import client_capabilities
 
-from tests.e2e.lsp import complete, inline, open_document, server_status, start, wait_ready
+from tests.e2e.lsp import (
+    complete,
+    inline,
+    insert_text,
+    open_document,
+    server_status,
+    start,
+    wait_ready,
+)
 
 URI = "file:///tmp/greet.py"
 # An emoji (two UTF-16 units, four UTF-8 bytes) and CRLF line ends before the cursor.
@@ -129,16 +137,7 @@ async def test_incremental_edits_are_applied_before_completing(tiny_model_dir, c
         typed = TEXT.replace('"hi 👋 " + ', "")
         open_document(client, URI, typed)
         where = types.Position(LINE, units("    message = ", "utf-16"))
-        client.text_document_did_change(
-            types.DidChangeTextDocumentParams(
-                text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
-                content_changes=[
-                    types.TextDocumentContentChangePartial(
-                        range=types.Range(where, where), text='"hi 👋 " + '
-                    )
-                ],
-            )
-        )
+        insert_text(client, URI, 2, where, '"hi 👋 " + ')
         column = units(TEXT.split("\r\n")[LINE][:CURSOR_CHARS], "utf-16")
         (item,) = (await inline(client, URI, LINE, column)).items
         assert item.insert_text == cli_completion["completion"]
@@ -245,16 +244,7 @@ async def test_typing_the_start_of_a_suggestion_is_answered_without_the_model(ti
         where = types.Position(LINE, units(TEXT.split("\r\n")[LINE][:CURSOR_CHARS], "utf-16"))
         (shown,) = (await inline(client, URI, LINE, where.character)).items
         typed = shown.insert_text[:2]
-        client.text_document_did_change(
-            types.DidChangeTextDocumentParams(
-                text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
-                content_changes=[
-                    types.TextDocumentContentChangePartial(
-                        range=types.Range(where, where), text=typed
-                    )
-                ],
-            )
-        )
+        insert_text(client, URI, 2, where, typed)
         column = where.character + units(typed, "utf-16")
         (rest,) = (await inline(client, URI, LINE, column)).items
         assert rest.insert_text == shown.insert_text[2:]
