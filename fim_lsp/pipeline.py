@@ -77,6 +77,7 @@ class Completer:
             device=settings.device,
             quantization=settings.quantization,
             progress=progress,
+            folder=folder,  # resolved once: for a hub id, each resolve asks the hub
         )
         return cls(settings, tokenizer, engine)
 

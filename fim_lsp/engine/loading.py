@@ -102,13 +102,14 @@ def load_engine(
     reuse_cache: bool = True,
     progress: Progress = no_progress,
     int8_backend: str | None = None,
+    folder: Path | None = None,
 ) -> Engine:
     """Load `model` for generation, reporting progress; raises EngineError with a fix.
 
     `vocab_size` is the tokenizer's: ids at or past it are never generated.
     """
     precision = choose_precision(device, quantization, int8_backend)
-    folder = resolve_model(model, progress)
+    folder = folder or resolve_model(model, progress)
     progress(f"loading {folder.name} ({precision.reason})", 10)
     model_obj = load_weights(folder, precision, TRAINED_CONTEXT.get(model))
     progress("model ready", 100)
