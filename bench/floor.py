@@ -30,14 +30,14 @@ def read_bandwidth(size_bytes: int = 1 << 30) -> float:
 
 def int8_ops_per_second(tokens: int = 256, width: int = 2048, out: int = 8192) -> float:
     """The faster of the two CPU int8 matmuls the engine can use (see engine/precision.py)."""
-    from fim_lsp.engine.precision import quantize_linear_layers
+    from fim_lsp.engine.precision import quantize_linear
 
     # torch._int_mm (bitsandbytes' CPU kernel), on a small product first: off AVX-512 VNNI
     # it is a slow fallback that would take minutes at full size.
     a = torch.randint(-128, 127, (tokens // 8, width // 2), dtype=torch.int8)
     b = torch.randint(-128, 127, (out // 8, width // 2), dtype=torch.int8).t()
     int_mm = 2 * a.shape[0] * a.shape[1] * b.shape[1] / timed(lambda: torch._int_mm(a, b), 2)
-    layer = quantize_linear_layers(torch.nn.Sequential(torch.nn.Linear(width, out)))
+    layer = quantize_linear(torch.nn.Linear(width, out))
     x = torch.randn(tokens, width)
     with torch.inference_mode():
         dynamic = 2 * tokens * width * out / timed(lambda: layer(x))

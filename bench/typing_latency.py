@@ -136,9 +136,8 @@ async def type_line(
                 context=types.InlineCompletionContext(types.InlineCompletionTriggerKind.Automatic),
             )
         )
-        request = Request(
-            index, (time.perf_counter() - started) * 1000, answered=bool(answer.items)
-        )
+        items = answer.items if isinstance(answer, types.InlineCompletionList) else answer
+        request = Request(index, (time.perf_counter() - started) * 1000, answered=bool(items))
         if len(client.stats) > seen:
             stats = client.stats[-1]
             request.prompt_tokens = stats["prompt_tokens"]

@@ -1,10 +1,4 @@
-"""Generation: prefill what the KV cache lacks, then one decode step per token, with stop checks.
-
-The engine keeps the token ids it has already run through the model and their KV cache. An SPM
-prompt (`<SUF> suffix <PRE> prefix <MID>`) only grows at its end while the user types at the
-cursor, so a new prompt usually shares all but a few tokens with the last one: those are cropped
-off the cache and only the new tokens are prefilled.
-"""
+"""Generation: prefill what the KV cache lacks, then one decode step per token, with stop checks."""
 
 from __future__ import annotations
 
@@ -14,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from fim_lsp.engine.errors import EngineError
+from fim_lsp.engine.kv_cache import PromptCache
 from fim_lsp.engine.precision import Precision
 
 # Prefill runs in chunks so that a cancel is seen between them; what was prefilled stays cached.
@@ -32,29 +26,6 @@ class Generation:
     timings_ms: dict[str, float] = field(default_factory=dict)
     drafted: int = 0  # prompt-lookup draft tokens verified, and how many the model agreed with
     accepted: int = 0
-
-
-class PromptCache:
-    """The token ids that the model has seen, and their keys and values."""
-
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        self.kv = DynamicCache()
-
-    def keep(self, prompt: list[int]) -> int:
-        """Crop to the longest common prefix with `prompt`, leaving at least one token to run."""
-        limit = min(len(self.ids), len(prompt) - 1)
-        common = 0
-        while common < limit and self.ids[common] == prompt[common]:
-            common += 1
-        if common < len(self.ids):
-            self.kv.crop(common - len(self.ids))
-            del self.ids[common:]
-        return common
-
-    def clear(self) -> None:
-        self.ids = []
-        self.kv = DynamicCache()
 
 
 class Engine:
@@ -189,10 +160,7 @@ class Engine:
         accepted = 0
         while accepted < len(draft) and predicted[accepted] == draft[accepted]:
             accepted += 1
-        rejected = len(draft) - accepted
-        if rejected:
-            self.cache.kv.crop(-rejected)
-            del self.cache.ids[-rejected:]
+        self.cache.drop(len(draft) - accepted)
         self.drafted += len(draft)
         self.accepted += accepted
         return [*draft[:accepted], predicted[accepted]]

@@ -15,8 +15,8 @@ from fim_lsp.engine.precision import (
     TORCH_DYNAMIC,
     Precision,
     choose_precision,
-    quantize_linear_layers,
 )
+from fim_lsp.engine.streaming import load_int8_by_module
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +137,11 @@ def load_weights(folder: Path, precision: Precision, trained_context: int | None
     }
     if precision.int8 == BITSANDBYTES:
         options["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-    if precision.int8 == TORCH_DYNAMIC:
-        # Half precision until each layer is quantized: peak memory near the 8-bit size.
-        options["dtype"] = torch.bfloat16
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, **options)
         if precision.int8 == TORCH_DYNAMIC:
-            quantize_linear_layers(model)  # in place
+            model = load_int8_by_module(folder, config)  # peak memory near the 8-bit size
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, **options)
     except torch.OutOfMemoryError as error:
         raise EngineError(
             f"out of memory loading {folder} on {precision.device}: {error}"

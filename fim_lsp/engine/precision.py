@@ -96,7 +96,7 @@ def int8_rates(tokens: int = 16, width: int = 1024) -> dict[str, float]:
     product (about 0.1 s in all, even where one path is slow)."""
     x = torch.randn(tokens, width)
     layers: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        TORCH_DYNAMIC: quantize_linear_layers(torch.nn.Sequential(torch.nn.Linear(width, width)))
+        TORCH_DYNAMIC: quantize_linear(torch.nn.Linear(width, width))
     }
     if int8_problem("cpu") is None:
         import bitsandbytes as bnb
@@ -116,26 +116,12 @@ def int8_rates(tokens: int = 16, width: int = 1024) -> dict[str, float]:
     return rates
 
 
-def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace every Linear layer of `model` by torch's dynamic int8 one (weights int8,
-    activations quantized per call), one layer at a time so memory stays near the final size."""
+def quantize_linear(layer: torch.nn.Linear) -> torch.nn.Module:
+    """torch's dynamic int8 version of `layer`: int8 weights, activations quantized per call."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # see the module docstring
         warnings.filterwarnings(
             "ignore", message=".*quantized tensor creation", category=UserWarning
         )
-        # Hold the parents only: a list of all modules would keep every replaced layer (and its
-        # fp32 copy) alive until the end.
-        parents = [
-            m for m in model.modules() if any(type(c) is torch.nn.Linear for c in m.children())
-        ]
-        for parent in parents:
-            names = [
-                name for name, child in parent.named_children() if type(child) is torch.nn.Linear
-            ]
-            for name in names:
-                layer = getattr(parent, name).float()
-                layer.qconfig = torch.ao.quantization.default_dynamic_qconfig  # type: ignore[assignment]
-                setattr(parent, name, torch.ao.nn.quantized.dynamic.Linear.from_float(layer))
-                del layer
-    return model.float()  # embeddings and norms
+        layer.qconfig = torch.ao.quantization.default_dynamic_qconfig  # type: ignore[assignment]
+        return torch.ao.nn.quantized.dynamic.Linear.from_float(layer.float())
