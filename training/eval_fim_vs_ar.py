@@ -4,7 +4,10 @@
 
 Both modes decode greedily and keep the first generated line (plus its newline, as the canonical
 middle has one), so they are scored the same way: exact match of the stripped line, and pass@1 of
-`prompt + completion + suffix + test + check(entry_point)` run in a subprocess.
+`prompt + completion + suffix + test + check(entry_point)` run in a subprocess. A third measure
+needs no decoding: the loss (nats per token) of the canonical line after each prompt, which shows
+whether the model reads the suffix even where its greedy line is wrong either way; it is also
+measured with the suffix left out of the SPM prompt, to tell the suffix's share from the format's.
 """
 
 from __future__ import annotations
@@ -65,6 +68,14 @@ def first_line(model, tok: Tokenizer, ids: list[int], max_new: int, stop: list[i
     return tok.decode(out[0, len(ids) :].tolist()).split("\n")[0]
 
 
+@torch.no_grad()
+def middle_loss(model, context: list[int], middle: list[int]) -> float:
+    """Mean negative log-likelihood, in nats per token, of `middle` right after `context`."""
+    ids = torch.tensor([context + middle], device=model.device)
+    logits = model(input_ids=ids).logits[0, len(context) - 1 : -1]
+    return torch.nn.functional.cross_entropy(logits, ids[0, len(context) :]).item()
+
+
 def passes(program: str, timeout: float) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "candidate.py"
@@ -109,6 +120,7 @@ def main() -> None:
             "fim": spm_ids(tok, row["prompt"], row["suffix"], budget),
             "ar": ar_ids(tok, row["prompt"], budget),
         }
+        middle = tok.encode(row["canonical_solution"]).ids[: args.max_new_tokens]
         for mode, ids in prompts.items():
             line = first_line(model, tok, ids, args.max_new_tokens, stop)
             program = (
@@ -124,7 +136,10 @@ def main() -> None:
                 "completion": line,
                 "exact": line.strip() == row["canonical_solution"].strip(),
                 "passed": passes(program, args.timeout),
+                "middle_loss": middle_loss(model, ids, middle),
             }
+        without_suffix = spm_ids(tok, row["prompt"], "", budget)
+        result["fim_without_suffix_middle_loss"] = middle_loss(model, without_suffix, middle)
         results.append(result)
 
     summary = {"problems": len(results), "seconds": round(time.time() - started, 1)}
@@ -134,6 +149,16 @@ def main() -> None:
             summary[f"{mode}_{metric}"] = (
                 f"{hits}/{len(results)} ({100 * hits / len(results):.1f}%)"
             )
+        losses = [r[mode]["middle_loss"] for r in results]
+        summary[f"{mode}_middle_loss"] = round(sum(losses) / len(losses), 3)
+    losses = [r["fim_without_suffix_middle_loss"] for r in results]
+    summary["fim_without_suffix_middle_loss"] = round(sum(losses) / len(losses), 3)
+    summary["fim_lower_loss_than_ar"] = sum(
+        r["fim"]["middle_loss"] < r["ar"]["middle_loss"] for r in results
+    )
+    summary["fim_lower_loss_than_without_suffix"] = sum(
+        r["fim"]["middle_loss"] < r["fim_without_suffix_middle_loss"] for r in results
+    )
     print(json.dumps(summary, indent=1))
     if args.out:
         args.out.write_text(json.dumps({"summary": summary, "results": results}, indent=1) + "\n")
