@@ -172,3 +172,14 @@ def test_prompt_lookup_drafts_keep_exactly_the_greedy_tokens(tiny_model_dir):
     assert expected == reference_greedy(plain.model, repeated, 40)
     assert drafting.drafted > 0
     assert drafting.cache.ids == repeated + expected[:-1]  # rejected drafts left the cache
+
+
+def test_drafts_shrink_after_a_miss_and_grow_after_a_hit(engine):
+    engine.cache.clear()
+    engine.prefill(PROMPT, threading.Event())
+    greedy = reference_greedy(engine.model, PROMPT, 5)
+    engine.draft_tokens, engine.draft_length = 8, 4
+    assert engine.verify(greedy[0], [999, 998]) == [greedy[1]]  # a miss
+    assert engine.draft_length == 3
+    assert engine.verify(greedy[1], greedy[2:4]) == greedy[2:5]  # a hit, and the next token
+    assert engine.draft_length == 5

@@ -45,7 +45,10 @@ class Engine:
         self.vocab_size = vocab_size  # logits past it are never sampled
         self.context_length = model.config.max_position_embeddings  # tokens it was trained on
         self.reuse_cache = reuse_cache
-        self.draft_tokens = draft_tokens  # prompt-lookup draft length; 0 turns drafting off
+        self.draft_tokens = draft_tokens  # longest prompt-lookup draft; 0 turns drafting off
+        # Draft length now: +2 after a fully accepted draft, -1 after a miss (transformers'
+        # "heuristic" schedule), so that drafts the model keeps rejecting stay short and cheap.
+        self.draft_length = draft_tokens
         self.cache = PromptCache()
         self.drafted = self.accepted = 0  # running totals
 
@@ -141,7 +144,7 @@ class Engine:
     def draft(self, ids: list[int], limit: int) -> list[int]:
         """Prompt-lookup drafting: the tokens that followed the last earlier occurrence of the
         sequence's final n-gram (code repeats its own names and lines a lot)."""
-        limit = min(limit, self.draft_tokens)
+        limit = min(limit, self.draft_length, self.draft_tokens)
         if limit <= 0:
             return []
         for n in (3, 2):
@@ -161,6 +164,9 @@ class Engine:
         while accepted < len(draft) and predicted[accepted] == draft[accepted]:
             accepted += 1
         self.cache.drop(len(draft) - accepted)
+        missed = accepted < len(draft)
+        longer = min(self.draft_tokens, self.draft_length + 2)
+        self.draft_length = max(1, self.draft_length - 1) if missed else longer
         self.drafted += len(draft)
         self.accepted += accepted
         return [*draft[:accepted], predicted[accepted]]
