@@ -13,6 +13,7 @@ from fim_lsp.prompt import FimTokenizer, build_prompt
 
 DEMO = Path(__file__).resolve().parent.parent / "fim_lsp" / "models" / "demo"
 MAX_NEW_TOKENS = 12
+HUMANEVAL_PROBLEMS = 100
 
 pytestmark = pytest.mark.skipif(
     not (DEMO / "model.safetensors").exists(),
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.skipif(
 
 # (prefix, suffix, middle): the answer is written in the suffix, so a model that reads the suffix
 # gets it and stops there, and one that does not gets it wrong. The shipped demo model does not
-# yet: trained for 2.8M tokens on one CPU core it writes code-like text but ignores the suffix
+# yet: trained for 12.5M tokens in 75 CPU minutes it writes code-like text and reads the suffix a
+# little (its loss, below) but does not end the middle where the suffix begins
 # (training/README.md), so these are expected failures until a longer-trained model ships.
 INFILLS = {
     "attribute_named_in_suffix": (
@@ -53,13 +55,13 @@ INFILLS = {
     ),
 }
 
-# (prefix, suffix, first line): what the demo model does get right today, greedy, in an SPM
+# (prefix, suffix, first lines): what the demo model does get right today, greedy, in an SPM
 # prompt: closing what the prefix opened. A random or broken model does not.
 FIRST_LINES = {
-    "paren": INFILLS["closing_paren"],
-    "bracket": ("def first(items):\n    return items[0", "\n", "]"),
-    "negative_index": ("def last(items):\n    return items[-1", "\n", "]"),
-    "def_colon": ("def f(x)", "\n    return x + 1\n", ":"),
+    "paren": (*INFILLS["closing_paren"][:2], (")",)),
+    "bracket": ("def first(items):\n    return items[0", "\n", ("]",)),
+    "index_or_slice": ("def last(items):\n    return items[-1", "\n", ("]", ":]")),
+    "def_colon": ("def f(x)", "\n    return x + 1\n", (":",)),
 }
 
 
@@ -125,9 +127,9 @@ def test_loads_as_a_small_gpt_neox(demo):
 
 @pytest.mark.parametrize("case", FIRST_LINES)
 def test_closes_what_the_prefix_opened(demo, case):
-    prefix, suffix, line = FIRST_LINES[case]
+    prefix, suffix, lines = FIRST_LINES[case]
     text, _ = greedy(demo, spm(demo, prefix, suffix))
-    assert text.split("\n")[0] == line
+    assert text.split("\n")[0] in lines
 
 
 @pytest.mark.xfail(reason="the demo model does not use the suffix yet (training/README.md)")
@@ -135,6 +137,57 @@ def test_closes_what_the_prefix_opened(demo, case):
 def test_infills_from_prefix_and_suffix(demo, case):
     prefix, suffix, middle = INFILLS[case]
     assert infill(demo, spm(demo, prefix, suffix)) == middle
+
+
+@torch.no_grad()
+def middle_loss(demo, ids: list[int], middle: str) -> float:
+    """Nats per token of `middle` and <|endoftext|> right after the prompt `ids`."""
+    tokenizer, model = demo
+    target = [*tokenizer.encode(middle), tokenizer.eot_id]
+    logits = model(input_ids=torch.tensor([ids + target])).logits[0, len(ids) - 1 : -1]
+    return torch.nn.functional.cross_entropy(logits, torch.tensor(target)).item()
+
+
+@pytest.fixture(scope="module")
+def humaneval_losses(demo) -> dict[str, list[float]]:
+    """Loss of the true line of the first HumanEval single-line problems, per prompt variant."""
+    import gzip
+    import json
+
+    from tests.tiny_model import SHARED
+
+    data = SHARED / "assets" / "human-eval-infilling" / "HumanEval-SingleLineInfilling.jsonl.gz"
+    if not data.is_file():
+        pytest.skip(f"needs {data} (the shared assets folder beside the repo)")
+    with gzip.open(data, "rt") as lines:
+        rows = [json.loads(next(lines)) for _ in range(HUMANEVAL_PROBLEMS)]
+    losses: dict[str, list[float]] = {"spm": [], "no suffix": [], "swapped": []}
+    for row in rows:
+        prompt = spm(demo, row["prompt"], row["suffix"])
+        middle = row["canonical_solution"]
+        losses["spm"].append(middle_loss(demo, prompt, middle))
+        losses["no suffix"].append(middle_loss(demo, spm(demo, row["prompt"], ""), middle))
+        losses["swapped"].append(middle_loss(demo, swap_sentinels(demo, prompt), middle))
+    return losses
+
+
+def gain(losses: dict[str, list[float]], other: str) -> tuple[float, int]:
+    """How much lower the SPM prompt's loss is than `other`'s: on average, and how often."""
+    spm, worse = losses["spm"], losses[other]
+    lower = sum(a < b for a, b in zip(spm, worse, strict=True))
+    return (sum(worse) - sum(spm)) / len(spm), lower
+
+
+def test_the_suffix_lowers_the_loss_of_the_true_line(humaneval_losses):
+    """Measured 0.13 nats per token lower, on 66 of the first 100 problems (training/README.md)."""
+    mean, lower = gain(humaneval_losses, "no suffix")
+    assert mean > 0.08 and lower > HUMANEVAL_PROBLEMS * 0.55, (mean, lower)
+
+
+@pytest.mark.xfail(strict=True, reason="the demo model barely tells <|SUF|> from <|PRE|> yet")
+def test_swapped_sentinels_raise_the_loss_of_the_true_line(humaneval_losses):
+    mean, lower = gain(humaneval_losses, "swapped")
+    assert mean > 0.08 and lower > HUMANEVAL_PROBLEMS * 0.55, (mean, lower)
 
 
 def test_swapped_sentinels_lose_most_answers(demo):

@@ -3,8 +3,11 @@
     python training/eval_fim_vs_ar.py --data PATH/HumanEval-SingleLineInfilling.jsonl.gz
 
 Both modes decode greedily and keep the first generated line (plus its newline, as the canonical
-middle has one), so they are scored the same way: exact match of the stripped line, and pass@1 of
-`prompt + completion + suffix + test + check(entry_point)` run in a subprocess. A third measure
+middle has one), so they are scored the same way: exact match of the line (indentation included:
+it is Python), and pass@1 of `prompt + completion + suffix + test + check(entry_point)` run in a
+subprocess. `<|endoftext|>` is barred as the first token in both modes: the hole is never empty,
+and a left-to-right prompt ending in a newline would otherwise often end at once (its training
+text ends at line ends), leaving an empty line that passes wherever the line was not needed. A third measure
 needs no decoding: the loss (nats per token) of the canonical line after each prompt, which shows
 whether the model reads the suffix even where its greedy line is wrong either way; it is also
 measured with the suffix left out of the SPM prompt, to tell the suffix's share from the format's.
@@ -63,6 +66,7 @@ def first_line(model, tok: Tokenizer, ids: list[int], max_new: int, stop: list[i
         max_new_tokens=max_new,
         do_sample=False,
         eos_token_id=stop,
+        begin_suppress_tokens=[tok.token_to_id("<|endoftext|>")],  # the hole is never empty
         pad_token_id=stop[0],
     )
     return tok.decode(out[0, len(ids) :].tolist()).split("\n")[0]
@@ -134,7 +138,7 @@ def main() -> None:
             )
             result[mode] = {
                 "completion": line,
-                "exact": line.strip() == row["canonical_solution"].strip(),
+                "exact": line.rstrip() == row["canonical_solution"].rstrip(),
                 "passed": passes(program, args.timeout),
                 "middle_loss": middle_loss(model, ids, middle),
             }

@@ -44,23 +44,23 @@ MAX_FILE_BYTES = 300_000
 class Config:
     seed: int = 0
     vocab_size: int = 4096
-    context: int = 256
+    context: int = 512
     d_model: int = 192
     layers: int = 4
     heads: int = 3
-    batch_size: int = 16
-    steps: int = 700
+    batch_size: int = 8
+    steps: int = 3200
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
-    min_chunk_tokens: int = 8
-    short_chunk_tokens: int = 48
-    long_chunk_share: float = 0.25
-    warmup_steps: int = 40
+    min_chunk_tokens: int = 16
+    short_chunk_tokens: int = 96
+    long_chunk_share: float = 0.5
+    warmup_steps: int = 100
     weight_decay: float = 0.1
     fim_rate: float = 0.9
-    eval_every: int = 50
+    eval_every: int = 200
     val_rows: int = 64
-    threads: int = 1
+    threads: int = 2
     device: str = "cpu"
 
 
@@ -358,7 +358,7 @@ def parse_args() -> tuple[Config, argparse.Namespace]:
 
 def main() -> None:
     cfg, args = parse_args()
-    torch.set_num_threads(cfg.threads)  # the build machine is shared; one core by default
+    torch.set_num_threads(cfg.threads)  # results depend on it: keep it for a reproduction
     if cfg.threads == 1:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     torch.manual_seed(cfg.seed)
