@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import sysconfig
@@ -110,7 +111,7 @@ def main() -> None:
     medians = {name: statistics.median(values) * 1000 for name, values in times.items()}
     result = {
         "machine": machine(),
-        "model": str(args.model),
+        "model": os.path.relpath(args.model, ROOT),
         "precision": engine.precision.reason,
         "context": len(prompt),
         "decode_ms": medians,

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import shlex
 import sys
 import sysconfig
 import time
@@ -398,7 +399,7 @@ def main() -> None:
     plot(history, args.plot)
     log = {
         "config": asdict(cfg),
-        "command": " ".join(sys.argv),
+        "command": shlex.join(["python", os.path.relpath(sys.argv[0], HERE.parent), *sys.argv[1:]]),
         "parameters": params,
         "saved_megabytes": round(megabytes, 2),
         "python_version": manifest["python_version"],

@@ -48,7 +48,7 @@ class Engine:
         self.draft_tokens = draft_tokens  # longest prompt-lookup draft; 0 turns drafting off
         # Draft length now: +2 after a fully accepted draft, -1 after a miss (transformers'
         # "heuristic" schedule), so that drafts the model keeps rejecting stay short and cheap.
-        self.draft_length = draft_tokens
+        self.draft_length = max(1, draft_tokens)  # drafting turned on later starts from here
         self.cache = PromptCache()
         self.drafted = self.accepted = 0  # running totals
 

@@ -129,19 +129,19 @@ def load_weights(folder: Path, precision: Precision, trained_context: int | None
         raise EngineError(f"{folder} has no readable config.json ({error})") from error
     if trained_context:  # rotary embeddings have no table to overflow
         config.max_position_embeddings = trained_context
-    options: dict = {
-        "config": config,
-        "dtype": precision.dtype,
-        "device_map": precision.device,  # weights go straight to their device
-        "trust_remote_code": False,
-    }
-    if precision.int8 == BITSANDBYTES:
-        options["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     try:
         if precision.int8 == TORCH_DYNAMIC:
             model = load_int8_by_module(folder, config)  # peak memory near the 8-bit size
         else:
-            model = AutoModelForCausalLM.from_pretrained(folder, **options)
+            bitsandbytes = precision.int8 == BITSANDBYTES
+            model = AutoModelForCausalLM.from_pretrained(
+                folder,
+                config=config,
+                dtype=precision.dtype,
+                device_map=precision.device,  # weights go straight to their device
+                quantization_config=BitsAndBytesConfig(load_in_8bit=True) if bitsandbytes else None,
+                trust_remote_code=False,
+            )
     except torch.OutOfMemoryError as error:
         raise EngineError(
             f"out of memory loading {folder} on {precision.device}: {error}"

@@ -102,5 +102,7 @@ def read_tensors(file: Path, keys: list[str]) -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
         with safe_open(file, framework="pt") as opened:
             return {key: opened.get_tensor(key).to(torch.float32, copy=True) for key in keys}
+    # Loaded again for every module: all tensors of a pickle file share one mapping, whose read
+    # pages stay resident while any of them lives; parsing its index again costs milliseconds.
     tensors = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
     return {key: tensors[key].to(torch.float32, copy=True) for key in keys}
