@@ -1,10 +1,13 @@
 """Where a decode step's time goes, for the full-size 8-bit model on this machine, against the floor.
 
-    python bench/decode_profile.py [--model FOLDER] [--context 1000] [--steps 16]
+    python bench/decode_profile.py [--model FOLDER] [--context 1000] [--blocks 6]
 
-Prefills `--context` tokens of real code, then times one-token decode steps (no drafting) with the
-engine's growing KV cache and with transformers' DynamicCache, alternating, in the same run; then
-profiles steps with torch.profiler and groups their time by kind of operator. Writes
+Prefills `--context` tokens of real code into two caches: the engine's (a growing cache stored
+transposed, read by eager attention) and transformers' defaults (DynamicCache, sdpa). Then times
+blocks of one-token decode steps (no drafting) of each in turn, with a sample of the memory
+bandwidth after each pair, so that every block is compared with the floor of its moment on this
+shared machine.
+Last, profiles steps with torch.profiler and groups their time by kind of operator. Writes
 bench/out/decode_profile.md and .json.
 """
 
@@ -30,10 +33,10 @@ from transformers.cache_utils import Cache
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.floor import measure_floor  # noqa: E402
+from bench.floor import ReadRate, measure_floor  # noqa: E402
 from bench.typing_latency import RANDOM_MODEL, machine  # noqa: E402
 from fim_lsp.engine import load_engine  # noqa: E402
-from fim_lsp.engine.kv_cache import GrowingLayer  # noqa: E402
+from fim_lsp.engine.kv_cache import GrowingLayer, PromptCache  # noqa: E402
 from tests import tiny_model  # noqa: E402
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "json" / "encoder.py"
@@ -41,29 +44,38 @@ SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "json" / "encoder.py"
 KINDS = [
     ("linear_dynamic", "int8 linear layers (weights)"),
     ("scaled_dot_product", "attention"),
+    ("bmm", "attention"),
+    ("softmax", "attention"),
     ("aten::cat", "KV cache append (cat/copy)"),
     ("aten::copy_", "KV cache append (cat/copy)"),
     ("layer_norm", "layer norms"),
     ("gelu", "GELU"),
     ("embedding", "embedding"),
 ]
-CACHES: dict[str, Callable[[], Cache]] = {
-    "growing (fim-lsp)": lambda: Cache(layer_class_to_replicate=GrowingLayer),
-    "DynamicCache (torch.cat)": DynamicCache,
+# name -> (a fresh cache, attention implementation)
+LAYOUTS: dict[str, tuple[Callable[[], Cache], str]] = {
+    "fim-lsp: growing, transposed, eager": (
+        lambda: Cache(layer_class_to_replicate=GrowingLayer),
+        "eager",
+    ),
+    "transformers' default: DynamicCache (torch.cat), sdpa": (DynamicCache, "sdpa"),
 }
+OURS = next(iter(LAYOUTS))
 
 
-def decode_steps(engine, prompt: list[int], steps: int, cache: Callable[[], Cache]) -> list[float]:
-    """Seconds per one-token decode step after prefilling `prompt` into a fresh cache."""
-    engine.cache.clear()
-    engine.cache.kv = cache()
+def prefill(engine, prompt: list[int], layout: str) -> tuple[PromptCache, float, int]:
+    """A fresh cache of `layout` holding `prompt`, the seconds that took, and the next token."""
+    cache = PromptCache()
+    cache.kv = LAYOUTS[layout][0]()
+    use(engine, layout, cache)
+    started = time.perf_counter()
     logits = engine.prefill(prompt, threading.Event())
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        logits = engine.forward([int(torch.argmax(logits[-1]))])
-        times.append(time.perf_counter() - started)
-    return times
+    return cache, time.perf_counter() - started, int(torch.argmax(logits[-1]))
+
+
+def use(engine, layout: str, cache: PromptCache) -> None:
+    engine.cache = cache
+    engine.model.set_attn_implementation(LAYOUTS[layout][1])
 
 
 def profile(engine, steps: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -91,7 +103,10 @@ def main() -> None:
     )
     parser.add_argument("--model", type=Path, default=RANDOM_MODEL)
     parser.add_argument("--context", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2, help="prefills of each layout")
+    parser.add_argument("--blocks", type=int, default=6, help="blocks of decode steps per layout")
+    parser.add_argument("--block-steps", type=int, default=8, help="decode steps per block")
+    parser.add_argument("--profile-steps", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
     if args.model == RANDOM_MODEL and not (RANDOM_MODEL / "model.safetensors").is_file():
@@ -100,21 +115,56 @@ def main() -> None:
     tokenizer = Tokenizer.from_file(str(args.model / "tokenizer.json"))
     prompt = tokenizer.encode(SOURCE.read_text()).ids[: args.context]
 
+    caches, next_tokens = {}, {}
+    prefills: dict[str, list[float]] = defaultdict(list)
     times: dict[str, list[float]] = defaultdict(list)
+    bandwidths = []
     with torch.inference_mode():
-        for _ in range(2):  # alternate, so drift in the machine's speed hits both
-            for name, cache in CACHES.items():
-                times[name] += decode_steps(engine, prompt, args.steps, cache)
-        decode_steps(engine, prompt, 1, CACHES["growing (fim-lsp)"])
-        kinds, others = profile(engine, args.steps)
-    floor = measure_floor(args.model / "config.json", len(prompt), int8_lm_head=True)
-    medians = {name: statistics.median(values) * 1000 for name, values in times.items()}
+        for _ in range(args.rounds):  # alternate, so that drift in the machine's speed hits both
+            for layout in LAYOUTS:
+                caches[layout], seconds, next_tokens[layout] = prefill(engine, prompt, layout)
+                prefills[layout].append(seconds)
+        # Blocks of consecutive steps (as a completion runs them) of each layout in turn, with a
+        # sample of the bandwidth after each pair of blocks: each block is compared with the
+        # floor of its moment, since the machine's speed drifts (it is shared).
+        rate = ReadRate()
+        for _ in range(args.blocks):
+            for layout in LAYOUTS:
+                use(engine, layout, caches[layout])
+                block = []
+                for _ in range(args.block_steps):
+                    started = time.perf_counter()
+                    logits = engine.forward([next_tokens[layout]])
+                    block.append(time.perf_counter() - started)
+                    next_tokens[layout] = int(torch.argmax(logits[-1]))
+                times[layout].append(statistics.median(block))
+            bandwidths.append(rate.sample())
+        use(engine, OURS, caches[OURS])
+        kinds, others = profile(engine, args.profile_steps)
+    floor = measure_floor(
+        args.model / "config.json",
+        len(prompt),
+        int8_lm_head=True,
+        bandwidth=statistics.median(bandwidths),
+    )
+    floor_bytes = floor["weight_bytes"] + floor["kv_bytes"]
+    ratios = {
+        layout: statistics.median(
+            seconds * bandwidth / floor_bytes
+            for seconds, bandwidth in zip(values, bandwidths, strict=True)
+        )
+        for layout, values in times.items()
+    }
     result = {
         "machine": machine(),
         "model": os.path.relpath(args.model, ROOT),
         "precision": engine.precision.reason,
         "context": len(prompt),
-        "decode_ms": medians,
+        "blocks": args.blocks,
+        "block_steps": args.block_steps,
+        "decode_ms": {name: statistics.median(values) * 1000 for name, values in times.items()},
+        "decode_x_floor": ratios,
+        "prefill_s": {name: statistics.median(values) for name, values in prefills.items()},
         "profile_ms": kinds,
         "everything_else_ms": others,
         "floor": floor,
@@ -137,20 +187,24 @@ def report(result: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['threads']} torch threads); torch {m['torch']}, "
         f"transformers {m['transformers']}. Model: {result['model']}, {result['precision']}.",
-        f"One token after {result['context']} prompt tokens; medians of the steps of two alternating runs.",
+        f"{result['blocks']} blocks of {result['block_steps']} one-token steps of each layout after "
+        f"{result['context']} prompt tokens, alternating, with a bandwidth sample after each pair: "
+        "ms is the median of the blocks' median step, x floor the median of the blocks' ratios to "
+        "the floor of their moment; the floor below uses the median bandwidth.",
         "",
         f"Floor: {floor['weight_bytes'] / 1e9:.2f} GB of weights ({weights_ms:.0f} ms) + "
         f"{floor['kv_bytes'] / 1e6:.0f} MB of KV cache ({kv_ms:.0f} ms) read at "
         f"{floor['read_gb_s']:.1f} GB/s = **{floor_ms:.0f} ms**.",
         "",
-        "| KV cache | ms per token | x floor |",
-        "|---|---|---|",
+        f"| KV cache, attention | decode ms per token | x floor | prefill {result['context']} tokens |",
+        "|---|---|---|---|",
         *(
-            f"| {name} | {ms:.0f} | {ms / floor_ms:.2f} |"
+            f"| {name} | {ms:.0f} | {result['decode_x_floor'][name]:.2f} | "
+            f"{result['prefill_s'][name]:.1f} s |"
             for name, ms in result["decode_ms"].items()
         ),
         "",
-        f"## Where a step goes (torch.profiler self time, growing cache, {profiled:.0f} ms per step profiled)",
+        f"## Where a step goes (torch.profiler self time, fim-lsp's layout, {profiled:.0f} ms per step profiled)",
         "",
         "| operators | ms per step | share |",
         "|---|---|---|",

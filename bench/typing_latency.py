@@ -31,7 +31,7 @@ from pygls.lsp.client import LanguageClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.floor import measure_floor  # noqa: E402
+from bench.floor import measure_floor, read_bandwidth  # noqa: E402
 from tests import tiny_model  # noqa: E402
 
 RANDOM_MODEL = ROOT / ".cache" / "random-fim-neox-1.3b"
@@ -178,6 +178,7 @@ async def bench(args: argparse.Namespace) -> dict:
     peak_rss = server_peak_rss_gb(client)
     quantization = client.status.get("quantization") or "none"
     runs: list[Run] = []
+    bandwidths: list[float] = []
     for number, (relative, typed) in enumerate(SCENARIOS[: args.scenarios]):
         source = (STDLIB / relative).read_text()
         line = source.split("\n").index(typed)
@@ -195,6 +196,8 @@ async def bench(args: argparse.Namespace) -> dict:
             )
             requests = await type_line(client, uri, source, line, typed, keystrokes, args.pause)
             runs.append(Run(relative, reuse, max_new, requests))
+            # The floor's bandwidth, between runs while the server idles: drift hits both.
+            bandwidths.append(read_bandwidth())
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
@@ -205,6 +208,7 @@ async def bench(args: argparse.Namespace) -> dict:
             args.context,
             int8=quantization.startswith("int8"),
             int8_lm_head="torch-dynamic" in quantization,  # bitsandbytes keeps lm_head fp32
+            bandwidth=statistics.median(bandwidths),
         )
         if config.is_file()
         else None
@@ -321,7 +325,8 @@ def report(result: dict) -> str:
         *ratios(result),
         "",
         "## Against the machine's floor (measured in this run)",
-        f"- memory read: {floor['read_gb_s']:.1f} GB/s; weights read per decode step "
+        f"- memory read: {floor['read_gb_s']:.1f} GB/s (median of one measurement after each run, "
+        "the faster of a GEMV and a sum over 1 GiB); weights read per decode step "
         f"{floor['weight_bytes'] / 1e9:.2f} GB + KV cache {floor['kv_bytes'] / 1e6:.0f} MB "
         f"-> decode floor {floor_ms:.0f} ms/token",
         f"- decode measured p50 {decode_p50:.0f} ms/token = **{decode_p50 / floor_ms:.2f}x** the floor",

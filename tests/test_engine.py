@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from fim_lsp.engine import EngineError, choose_precision, load_engine, resolve_model
 
@@ -17,8 +18,10 @@ def engine(tiny_model_dir):
     return load_engine(str(tiny_model_dir), VOCAB, device="cpu", quantization="none")
 
 
-def reference_greedy(model, prompt: list[int], count: int) -> list[int]:
-    """Greedy tokens computed the slow way: the whole sequence again for every token, no cache."""
+def reference_greedy(folder, prompt: list[int], count: int) -> list[int]:
+    """Greedy tokens computed the slow way, by transformers as it comes (sdpa attention): the
+    whole sequence again for every token, no cache."""
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa")
     ids = list(prompt)
     with torch.inference_mode():
         for _ in range(count):
@@ -30,9 +33,10 @@ def reference_greedy(model, prompt: list[int], count: int) -> list[int]:
 PROMPT = [50277, 32488, 535, 50274, 18891, 426, 1269, 559, 340, 50278, 1545, 4868, 9, 89, 50279]
 
 
-def test_decode_loop_with_cache_matches_recomputing_everything(engine):
+def test_decode_loop_with_cache_matches_recomputing_everything(engine, tiny_model_dir):
     generation = engine.generate(PROMPT, 12, end_id=-1)
-    assert generation.ids == reference_greedy(engine.model, PROMPT, 12)
+    assert engine.model.config._attn_implementation == "eager"  # reads the transposed cache
+    assert generation.ids == reference_greedy(tiny_model_dir, PROMPT, 12)
     assert generation.stop_reason == "length"
     assert generation.prompt_tokens == len(PROMPT)
 
@@ -169,17 +173,37 @@ def test_prompt_lookup_drafts_keep_exactly_the_greedy_tokens(tiny_model_dir):
     repeated = [50277, *([1545, 4868, 9, 89, 13, 340, 10] * 6), 50278, 1545, 4868, 50279]
     expected = plain.generate(repeated, 40, end_id=-1).ids
     assert drafting.generate(repeated, 40, end_id=-1).ids == expected
-    assert expected == reference_greedy(plain.model, repeated, 40)
+    assert expected == reference_greedy(tiny_model_dir, repeated, 40)
     assert drafting.drafted > 0
     assert drafting.cache.ids == repeated + expected[:-1]  # rejected drafts left the cache
 
 
-def test_drafts_shrink_after_a_miss_and_grow_after_a_hit(engine):
+def test_drafts_shrink_after_a_miss_and_grow_after_a_hit(engine, tiny_model_dir):
     engine.cache.clear()
     engine.prefill(PROMPT, threading.Event())
-    greedy = reference_greedy(engine.model, PROMPT, 5)
+    greedy = reference_greedy(tiny_model_dir, PROMPT, 5)
     engine.draft_tokens, engine.draft_length = 8, 4
     assert engine.verify(greedy[0], [999, 998]) == [greedy[1]]  # a miss
     assert engine.draft_length == 3
     assert engine.verify(greedy[1], greedy[2:4]) == greedy[2:5]  # a hit, and the next token
     assert engine.draft_length == 5
+
+
+def test_loading_maps_large_blocks_then_lets_the_heap_reuse_them(monkeypatch):
+    from fim_lsp.engine import loading
+
+    calls = []
+
+    class GlibC:
+        def mallopt(self, parameter, value):
+            calls.append((parameter, value))
+
+    monkeypatch.setattr(loading.ctypes, "CDLL", lambda name: GlibC())
+    with loading.freed_memory_returned():
+        assert calls == [(loading.M_MMAP_THRESHOLD, 1 << 20)]
+    assert calls[-1] == (loading.M_MMAP_THRESHOLD, 32 << 20)
+
+    monkeypatch.setattr(loading.ctypes, "CDLL", lambda name: object())  # no mallopt: no-op
+    with loading.freed_memory_returned():
+        pass
+    assert len(calls) == 2

@@ -42,6 +42,17 @@ def test_appending_a_token_writes_in_place():
     assert layer.get_seq_length() == 350
 
 
+def test_tokens_lie_next_to_each_other_in_memory():
+    """Transposed storage: one query's products with the keys and values read long rows."""
+    layer = GrowingLayer()
+    keys, values = layer.update(*states(300, 0))
+    assert keys.shape == values.shape == (1, 2, 300, 4)
+    assert keys.stride(-2) == values.stride(-2) == 1
+    layer.crop(-5)
+    keys, values = layer.update(*states(1, 1))
+    assert keys.stride(-2) == values.stride(-2) == 1
+
+
 def test_prompt_cache_keeps_the_common_prefix_and_leaves_one_token_to_run():
     cache = PromptCache()
     cache.ids = [1, 2, 3, 4]

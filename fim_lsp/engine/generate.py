@@ -39,6 +39,9 @@ class Engine:
         reuse_cache: bool = True,
         draft_tokens: int = 8,
     ):
+        # The cache stores keys and values transposed (kv_cache.GrowingLayer), which eager
+        # attention reads as contiguous rows; sdpa would read them at a fraction of the speed.
+        model.set_attn_implementation("eager")
         self.model = model
         self.precision = precision
         self.device = torch.device(precision.device)

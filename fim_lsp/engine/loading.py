@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -36,6 +39,8 @@ HUB_TOKENIZER = ["tokenizer.json"]
 TRAINED_CONTEXT = {"CarperAI/FIM-NeoX-1.3B": 2048}
 
 Progress = Callable[[str, int | None], None]  # (message, percentage)
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 def no_progress(message: str, percentage: int | None) -> None:
@@ -130,18 +135,21 @@ def load_weights(folder: Path, precision: Precision, trained_context: int | None
     if trained_context:  # rotary embeddings have no table to overflow
         config.max_position_embeddings = trained_context
     try:
-        if precision.int8 == TORCH_DYNAMIC:
-            model = load_int8_by_module(folder, config)  # peak memory near the 8-bit size
-        else:
-            bitsandbytes = precision.int8 == BITSANDBYTES
-            model = AutoModelForCausalLM.from_pretrained(
-                folder,
-                config=config,
-                dtype=precision.dtype,
-                device_map=precision.device,  # weights go straight to their device
-                quantization_config=BitsAndBytesConfig(load_in_8bit=True) if bitsandbytes else None,
-                trust_remote_code=False,
-            )
+        with freed_memory_returned():
+            if precision.int8 == TORCH_DYNAMIC:
+                model = load_int8_by_module(folder, config)  # peak memory near the 8-bit size
+            else:
+                bitsandbytes = precision.int8 == BITSANDBYTES
+                model = AutoModelForCausalLM.from_pretrained(
+                    folder,
+                    config=config,
+                    dtype=precision.dtype,
+                    device_map=precision.device,  # weights go straight to their device
+                    quantization_config=BitsAndBytesConfig(load_in_8bit=True)
+                    if bitsandbytes
+                    else None,
+                    trust_remote_code=False,
+                )
     except torch.OutOfMemoryError as error:
         raise EngineError(
             f"out of memory loading {folder} on {precision.device}: {error}"
@@ -149,3 +157,25 @@ def load_weights(folder: Path, precision: Precision, trained_context: int | None
     except (OSError, ValueError, RuntimeError) as error:
         raise EngineError(f"cannot load the model in {folder}: {error}") from error
     return model.eval()
+
+
+@contextmanager
+def freed_memory_returned() -> Iterator[None]:
+    """Within: memory blocks of 1 MB or more come from mmap, so freeing them returns them to the
+    system at once; after: the mmap threshold stays at glibc's own ceiling of 32 MB.
+
+    Loading makes and drops an fp32 copy of every module. glibc raises its mmap threshold after
+    large frees, so the later copies come from its heap, and what is freed there stays resident:
+    the server's peak while loading the full model was 3.35-3.59 GB, 2.74 GB with this. Blocks up
+    to 32 MB (prefill's activations) come from the heap again afterwards: mapping them afresh for
+    every chunk made prefill 15-20% slower. A no-op where the C library has no mallopt.
+    """
+    name = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+    if mallopt:
+        mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    try:
+        yield
+    finally:
+        if mallopt:
+            mallopt(M_MMAP_THRESHOLD, 32 << 20)
