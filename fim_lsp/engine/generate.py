@@ -40,7 +40,7 @@ class Engine:
         draft_tokens: int = 8,
     ):
         # The cache stores keys and values transposed (kv_cache.GrowingLayer), which eager
-        # attention reads as contiguous rows; sdpa would read them at a fraction of the speed.
+        # attention reads as contiguous rows; sdpa needs contiguous copies, and is slower on them.
         model.set_attn_implementation("eager")
         self.model = model
         self.precision = precision
