@@ -73,6 +73,27 @@ def offset_at(text: str, position: types.Position, encoding: str) -> int:
     return start + len(line)
 
 
+def apply_change(text: str, change: types.TextDocumentContentChangeEvent, encoding: str) -> str:
+    """`text` after one change of a didChange notification.
+
+    pygls applies incremental changes to the lines of `str.splitlines`, which also splits at
+    form feeds (page breaks in Python and Lisp files) and other characters: an edit after one
+    landed on the wrong line. Here positions are LSP's (`offset_at`); a position past the end of
+    the document means its end, as editors themselves treat it.
+    """
+    if isinstance(change, types.TextDocumentContentChangeWholeDocument):
+        return change.text
+
+    def clamped(position: types.Position) -> int:
+        try:
+            return offset_at(text, position, encoding)
+        except PositionError:
+            return len(text)
+
+    start, end = clamped(change.range.start), clamped(change.range.end)
+    return text[:start] + change.text + text[max(start, end) :]
+
+
 def position_at(text: str, offset: int, encoding: str) -> types.Position:
     """The LSP position of a string offset, in the negotiated encoding's code units."""
     line = len(LINE_END.findall(text, 0, offset))

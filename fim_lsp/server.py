@@ -14,7 +14,7 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
 from fim_lsp import __version__
-from fim_lsp.document import Cursor, PositionError, offset_at, reply_range
+from fim_lsp.document import Cursor, PositionError, apply_change, offset_at, reply_range
 from fim_lsp.engine import EngineError
 from fim_lsp.logs import configure_logging
 from fim_lsp.pipeline import Completer, Completion, ShownSuggestions, unsuitable
@@ -28,6 +28,12 @@ STATUS = "fimLsp/status"  # request: the model's state; notification: its change
 WORD_BEFORE = re.compile(r"[\w$]*$")
 
 
+@dataclasses.dataclass
+class OpenDocument:
+    text: str
+    language_id: str
+
+
 class FimLanguageServer(LanguageServer):
     def __init__(self, settings: Settings | None = None) -> None:
         super().__init__("fim-lsp", __version__)
@@ -39,6 +45,9 @@ class FimLanguageServer(LanguageServer):
         self.shown = ShownSuggestions()
         self.loads = 0  # counts loads, so that only the newest one installs its model
         self.tasks: set[asyncio.Task] = set()
+        # Open documents by uri, kept here rather than in pygls' workspace, which applies edits
+        # by other line ends than LSP's (document.apply_change).
+        self.documents: dict[str, OpenDocument] = {}
 
     # Settings ---------------------------------------------------------------------------------
 
@@ -164,10 +173,10 @@ class FimLanguageServer(LanguageServer):
     ) -> tuple[Completion, str, int] | None:
         """The completion at `position` with the document text and cursor offset it was made
         for, or None (model not ready, unknown document, nothing to suggest, superseded)."""
-        completer, document = self.completer, self.workspace.text_documents.get(uri)
+        completer, document = self.completer, self.documents.get(uri)
         if completer is None or document is None:
             return None
-        text = document.source
+        text = document.text
         if reason := unsuitable(text):
             log.info("no completion in %s: %s", uri, reason)
             return None
@@ -176,7 +185,7 @@ class FimLanguageServer(LanguageServer):
         except PositionError as error:
             log.warning("%s: %s", uri, error)
             return None
-        cursor = Cursor(text[:offset], text[offset:], document.language_id or "")
+        cursor = Cursor(text[:offset], text[offset:], document.language_id)
         completion = self.shown.follow(uri, cursor)
         if completion is not None:
             self.scheduler.supersede(uri)  # the user is typing what was shown: no model run
@@ -244,6 +253,31 @@ async def did_change_configuration(
         answers = await ls.workspace_configuration_async(request)
         options = from_client(answers[0] if answers else None)
     ls.apply_options(options, "workspace/didChangeConfiguration")
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: FimLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
+    document = params.text_document
+    ls.documents[document.uri] = OpenDocument(document.text, document.language_id or "")
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: FimLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
+    document = ls.documents.get(params.text_document.uri)
+    if document is None:
+        log.warning("change to %s, which is not open", params.text_document.uri)
+        return
+    encoding = ls.workspace.position_encoding or "utf-16"
+    for change in params.content_changes:  # in order, each on the text the last one left
+        document.text = apply_change(document.text, change, encoding)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+def did_close(ls: FimLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
+    uri = params.text_document.uri
+    ls.documents.pop(uri, None)
+    ls.scheduler.supersede(uri)  # a generation for it stops; its request gets an empty answer
+    ls.shown.forget(uri)
 
 
 @server.feature(STATUS)

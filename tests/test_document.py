@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from lsprotocol import types
 
-from fim_lsp.document import Cursor, PositionError, offset_at, position_at, reply_range
+from fim_lsp.document import (
+    Cursor,
+    PositionError,
+    apply_change,
+    offset_at,
+    position_at,
+    reply_range,
+)
 
 TEXT = 'a = "👋é"\r\nb = 1\rc = 2\nlast'
 # Offsets of the closing quote on line 0: after a, space, =, space, ", 👋, é.
@@ -55,3 +62,36 @@ def test_cursor_normalises_line_endings_and_remembers_them():
     assert cursor.line_ending == "\r\n"
     assert cursor.normalized() == Cursor("a\nb", "\nc", "python")
     assert Cursor("x", "").line_ending == "\n"
+
+
+def edit(start: tuple[int, int], end: tuple[int, int], text: str):
+    return types.TextDocumentContentChangePartial(
+        range=types.Range(types.Position(*start), types.Position(*end)), text=text
+    )
+
+
+@pytest.mark.parametrize(
+    "before, change, after",
+    [
+        # A form feed (a page break) is not a line end: line 1 is "c", not "b\n".
+        ("a\fb\nc\n", edit((1, 0), (1, 0), "X"), "a\fb\nXc\n"),
+        ("a\u2028b\r\nc", edit((1, 1), (1, 1), "d"), "a\u2028b\r\ncd"),
+        # A replacement across a CRLF line end, and a deletion of it.
+        ("ab\r\ncd", edit((0, 1), (1, 1), "X"), "aXd"),
+        ("ab\r\ncd", edit((0, 2), (1, 0), ""), "abcd"),
+        # utf-16 code units: the emoji is two.
+        ("\U0001f44b=1\n", edit((0, 2), (0, 3), "+"), "\U0001f44b+1\n"),
+        # Past the end of a line, or of the document: its end.
+        ("ab\ncd", edit((0, 9), (0, 9), "!"), "ab!\ncd"),
+        ("ab\ncd", edit((7, 0), (7, 0), "\nef"), "ab\ncd\nef"),
+        ("old", types.TextDocumentContentChangeWholeDocument(text="new"), "new"),
+    ],
+)
+def test_changes_apply_at_lsp_positions(before, change, after):
+    assert apply_change(before, change, "utf-16") == after
+
+
+def test_changes_count_in_the_negotiated_encoding():
+    text = "é=1\n"  # é: one utf-16 unit, two utf-8 bytes
+    assert apply_change(text, edit((0, 2), (0, 3), "+"), "utf-8") == "é+1\n"
+    assert apply_change(text, edit((0, 1), (0, 2), "+"), "utf-16") == "é+1\n"

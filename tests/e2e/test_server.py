@@ -145,6 +145,24 @@ async def test_incremental_edits_are_applied_before_completing(tiny_model_dir, c
         await client.shutdown_session()
 
 
+async def test_edits_after_a_form_feed_land_where_the_client_put_them(tiny_model_dir):
+    """A form feed (a page break) is not a line end in LSP: an edit below one must land on the
+    line the client means, so the edited document completes as the same text opened whole."""
+    client, _ = await start(tiny_model_dir, ["utf-16"])
+    try:
+        await wait_ready(client)
+        paged = TEXT.replace('"""Say hi', '"""Say\f hi')
+        open_document(client, URI, paged.replace('"hi 👋 " + ', ""))
+        insert_text(client, URI, 2, types.Position(LINE, len("    message = ")), '"hi 👋 " + ')
+        open_document(client, "file:///tmp/whole.py", paged)
+        column = units(TEXT.split("\r\n")[LINE][:CURSOR_CHARS], "utf-16")
+        (edited,) = (await inline(client, URI, LINE, column)).items
+        (whole,) = (await inline(client, "file:///tmp/whole.py", LINE, column)).items
+        assert edited.insert_text == whole.insert_text
+    finally:
+        await client.shutdown_session()
+
+
 @pytest.mark.parametrize(
     "model, expected",
     [
