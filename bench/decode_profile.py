@@ -43,7 +43,6 @@ SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "json" / "encoder.py"
 # Operator name fragments -> what they are, first match wins.
 KINDS = [
     ("linear_dynamic", "int8 linear layers (weights)"),
-    ("scaled_dot_product", "attention"),
     ("bmm", "attention"),
     ("softmax", "attention"),
     ("aten::cat", "KV cache append (cat/copy)"),

@@ -31,7 +31,7 @@ from pygls.lsp.client import LanguageClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.floor import measure_floor, read_bandwidth  # noqa: E402
+from bench.floor import ReadRate, measure_floor  # noqa: E402
 from tests import tiny_model  # noqa: E402
 
 RANDOM_MODEL = ROOT / ".cache" / "random-fim-neox-1.3b"
@@ -178,7 +178,7 @@ async def bench(args: argparse.Namespace) -> dict:
     peak_rss = server_peak_rss_gb(client)
     quantization = client.status.get("quantization") or "none"
     runs: list[Run] = []
-    bandwidths: list[float] = []
+    rate, bandwidths = ReadRate(), []
     for number, (relative, typed) in enumerate(SCENARIOS[: args.scenarios]):
         source = (STDLIB / relative).read_text()
         line = source.split("\n").index(typed)
@@ -197,7 +197,7 @@ async def bench(args: argparse.Namespace) -> dict:
             requests = await type_line(client, uri, source, line, typed, keystrokes, args.pause)
             runs.append(Run(relative, reuse, max_new, requests))
             # The floor's bandwidth, between runs while the server idles: drift hits both.
-            bandwidths.append(read_bandwidth())
+            bandwidths.append(rate.sample())
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()

@@ -258,7 +258,7 @@ async def did_change_configuration(
 @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: FimLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
     document = params.text_document
-    ls.documents[document.uri] = OpenDocument(document.text, document.language_id or "")
+    ls.documents[document.uri] = OpenDocument(document.text, document.language_id)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
