@@ -67,19 +67,20 @@ def measure_floor(
     int8: bool = True,
     int8_lm_head: bool = False,
     bandwidth: float | None = None,
+    kv_itemsize: int = 4,
 ) -> dict:
     """Floors for one decode step and one prefilled token of the model in `model_config`.
 
     `int8_lm_head`: torch's dynamic int8 quantizes the output layer too; bitsandbytes keeps it fp32.
     `bandwidth`: bytes per second read, if measured already (beside the runs it is a floor for).
+    `kv_itemsize`: bytes per cached key or value (2 for the engine's fp16 cache on a CPU).
     """
     config = json.loads(model_config.read_text())
     width, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
     # Per layer: qkv (3 d^2) + attention output (d^2) + MLP (2 x 4 d^2) = 12 d^2 weights.
     layer_weights = layers * 12 * width * width
-    # The KV cache is fp32 (keys and values).
     weight_bytes = layer_weights * (1 if int8 else 4) + vocab * width * (1 if int8_lm_head else 4)
-    kv_bytes = 2 * layers * width * 4 * context
+    kv_bytes = 2 * layers * width * kv_itemsize * context  # keys and values
     bandwidth = bandwidth or read_bandwidth()
     int8_rate = int8_ops_per_second()
     return {

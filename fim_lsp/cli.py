@@ -162,6 +162,7 @@ def complete(args: argparse.Namespace, settings: Settings) -> int:
         "model": settings.model,
         "device": precision.device,
         "quantization": precision.quantization,
+        "attention": completer.engine.attention.reason,
     }
     print(json.dumps(report, indent=2))
     return 0

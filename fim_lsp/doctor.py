@@ -37,6 +37,7 @@ def report(settings: Settings, say: Callable[[str], None]) -> list[str]:
         say(f"CUDA: no GPU visible (torch is {cuda_build}); the model runs on the CPU")
 
     from fim_lsp.engine import EngineError, choose_precision, int8_problem
+    from fim_lsp.engine.attention import choose_attention
 
     try:
         import bitsandbytes
@@ -50,6 +51,7 @@ def report(settings: Settings, say: Callable[[str], None]) -> list[str]:
     try:
         precision = choose_precision(settings.device, settings.quantization)
         say(f"would run: {precision.reason}")
+        say(f"attention: {choose_attention(precision).reason}")
     except EngineError as error:
         problem(str(error))
     model_report(settings.model, say, problem)

@@ -110,7 +110,10 @@ class FimLanguageServer(LanguageServer):
         precision = completer.engine.precision
         ready = f"{settings.model} ready on {precision.device} ({precision.quantization})"
         self.end_progress(token, ready)
-        self.window_log_message(types.LogMessageParams(types.MessageType.Info, ready))
+        attention = completer.engine.attention.reason  # says why, where the kernel can't run
+        self.window_log_message(
+            types.LogMessageParams(types.MessageType.Info, f"{ready}; attention: {attention}")
+        )
         self.set_state("ready", ready)
 
     def fail(self, token: str | None, message: str) -> None:
@@ -159,6 +162,7 @@ class FimLanguageServer(LanguageServer):
             "model": self.settings.model,
             "device": engine.precision.device if engine else None,
             "quantization": engine.precision.quantization if engine else None,
+            "attention": engine.attention.reason if engine else None,
         }
 
     def tell(self, kind: types.MessageType, message: str) -> None:

@@ -55,6 +55,7 @@ def test_complete_json_reports_the_run(tiny_model_dir, card_file):
         assert key in report
     assert set(report["timings_ms"]) >= {"load", "prefill", "decode", "total"}
     assert report["quantization"].startswith("int8") and report["device"] == "cpu"
+    assert report["attention"] == "C attention kernel, fp16 KV cache"
     assert 0 < report["generated_tokens"] <= 6
     assert report["prompt_tokens"] == len(report["prompt_ids"]) == 28
     plain = fim_lsp("complete", where, *flags)
@@ -86,7 +87,15 @@ def test_missing_model_is_explained_offline(card_file, tmp_path):
 
 def test_doctor_reports_the_machine_and_the_model(tiny_model_dir):
     out = fim_lsp("doctor", "--model", str(tiny_model_dir))
-    for expected in ("Python", "torch", "CUDA", "bitsandbytes", "8-bit on cpu", "hub cache", "OK"):
+    for expected in (
+        "Python",
+        "torch",
+        "CUDA",
+        "bitsandbytes",
+        "8-bit on cpu",
+        "attention: C",
+        "OK",
+    ):
         assert expected in out.stdout
 
 

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fim_lsp.engine import EngineError, choose_precision, load_engine, resolve_model
+from fim_lsp.engine.attention import KERNEL
 
 VOCAB = 50280  # the tokenizer's size; the model's embedding has 50304 rows
 
@@ -35,7 +36,8 @@ PROMPT = [50277, 32488, 535, 50274, 18891, 426, 1269, 559, 340, 50278, 1545, 486
 
 def test_decode_loop_with_cache_matches_recomputing_everything(engine, tiny_model_dir):
     generation = engine.generate(PROMPT, 12, end_id=-1)
-    assert engine.model.config._attn_implementation == "eager"  # reads the transposed cache
+    # The C kernel reads the cache (fp32 without quantization); reason says why if it cannot.
+    assert engine.model.config._attn_implementation == KERNEL, engine.attention.reason
     assert generation.ids == reference_greedy(tiny_model_dir, PROMPT, 12)
     assert generation.stop_reason == "length"
     assert generation.prompt_tokens == len(PROMPT)
@@ -119,6 +121,20 @@ def test_int8_through_torch_dynamic_layers_on_cpu(tiny_model_dir):
     assert not any(type(m) is torch.nn.Linear for m in modules)  # lm_head included
     assert {p.dtype for p in engine.model.parameters()} == {torch.float32}
     assert len(engine.generate(PROMPT, 4, end_id=-1).ids) == 4
+
+
+def test_int8_engine_keeps_keys_and_values_in_fp16_and_reuse_matches_a_cold_run(tiny_model_dir):
+    warm, cold = (
+        load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", reuse, int8_backend="torch-dynamic")
+        for reuse in (True, False)
+    )
+    assert warm.attention.implementation == KERNEL, warm.attention.reason
+    warm.generate(PROMPT, 8, end_id=-1)
+    assert {layer.keys.dtype for layer in warm.cache.kv.layers} == {torch.float16}
+    typed = [*PROMPT[:-1], 13, 340, 50279]
+    generation = warm.generate(typed, 8, end_id=-1)
+    assert generation.cached_tokens == len(PROMPT) - 1
+    assert generation.ids == cold.generate(typed, 8, end_id=-1).ids
 
 
 def test_cpu_int8_backend_is_chosen_by_measurement():

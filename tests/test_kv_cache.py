@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from fim_lsp.engine.attention import CacheFormat
 from fim_lsp.engine.kv_cache import GrowingLayer, PromptCache
 
 
@@ -16,8 +18,16 @@ def states(tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def test_growing_layer_holds_what_dynamic_layer_holds_through_appends_and_crops():
-    growing, dynamic = GrowingLayer(), DynamicLayer()
+FORMATS = [
+    CacheFormat(None, transposed=False),  # the C kernel's, without quantization
+    CacheFormat(torch.float16, transposed=False),  # the C kernel's, with int8 weights
+    CacheFormat(None, transposed=True),  # torch's eager attention's, where the kernel can't run
+]
+
+
+@pytest.mark.parametrize("form", FORMATS)
+def test_growing_layer_holds_what_dynamic_layer_holds_through_appends_and_crops(form):
+    growing, dynamic = GrowingLayer(form), DynamicLayer()
     steps = [("add", 300), ("add", 1), ("crop", 5), ("add", 3), ("add", 1), ("crop", 200)]
     steps += [("add", 1)] * 40 + [("add", 700)]
     for seed, (kind, count) in enumerate(steps):
@@ -25,15 +35,19 @@ def test_growing_layer_holds_what_dynamic_layer_holds_through_appends_and_crops(
             new = states(count, seed)
             keys, values = growing.update(*new)
             expected_keys, expected_values = dynamic.update(*new)
-            assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+            assert keys.dtype == values.dtype == (form.dtype or torch.float32)
+            # Stored in fp16, a value comes back rounded to fp16, and otherwise unchanged.
+            assert torch.equal(keys, expected_keys.to(keys.dtype))
+            assert torch.equal(values, expected_values.to(values.dtype))
         else:
             growing.crop(-count)
             dynamic.crop(-count)
         assert growing.get_seq_length() == dynamic.get_seq_length()
 
 
-def test_appending_a_token_writes_in_place():
-    layer = GrowingLayer()
+@pytest.mark.parametrize("form", FORMATS)
+def test_appending_a_token_writes_in_place(form):
+    layer = GrowingLayer(form)
     layer.update(*states(300, 0))
     buffer = layer.key_buffer.data_ptr()
     for seed in range(50):
@@ -42,15 +56,21 @@ def test_appending_a_token_writes_in_place():
     assert layer.get_seq_length() == 350
 
 
-def test_tokens_lie_next_to_each_other_in_memory():
-    """Transposed storage: one query's products with the keys and values read long rows."""
-    layer = GrowingLayer()
+@pytest.mark.parametrize("form", FORMATS)
+def test_the_layout_is_the_one_attention_reads(form):
+    """The kernel reads each head's tokens as contiguous rows; torch's eager attention reads
+    each of a head's dimensions as a contiguous row of tokens (transposed storage)."""
+    layer = GrowingLayer(form)
     keys, values = layer.update(*states(300, 0))
     assert keys.shape == values.shape == (1, 2, 300, 4)
-    assert keys.stride(-2) == values.stride(-2) == 1
+    row = 2 if form.transposed else 3  # tokens, or a token's dimensions, lie in memory rows
+    assert keys.stride(row) == values.stride(row) == 1
+    if not form.transposed:
+        assert keys.stride(2) == 4  # and a head's tokens one after another
     layer.crop(-5)
     keys, values = layer.update(*states(1, 1))
-    assert keys.stride(-2) == values.stride(-2) == 1
+    assert keys.stride(row) == values.stride(row) == 1
+    assert keys.stride() == values.stride()  # the kernel takes one set of strides for both
 
 
 def test_prompt_cache_keeps_the_common_prefix_and_leaves_one_token_to_run():

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fim_lsp.engine.attention import choose_attention
 from fim_lsp.engine.errors import EngineError
 from fim_lsp.engine.kv_cache import PromptCache
 from fim_lsp.engine.precision import Precision
@@ -39,9 +40,8 @@ class Engine:
         reuse_cache: bool = True,
         draft_tokens: int = 8,
     ):
-        # The cache stores keys and values transposed (kv_cache.GrowingLayer), which eager
-        # attention reads as contiguous rows; sdpa needs contiguous copies, and is slower on them.
-        model.set_attn_implementation("eager")
+        self.attention = choose_attention(precision)
+        model.set_attn_implementation(self.attention.implementation)
         self.model = model
         self.precision = precision
         self.device = torch.device(precision.device)
@@ -52,7 +52,7 @@ class Engine:
         # Draft length now: +2 after a fully accepted draft, -1 after a miss (transformers'
         # "heuristic" schedule), so that drafts the model keeps rejecting stay short and cheap.
         self.draft_length = max(1, draft_tokens)  # drafting turned on later starts from here
-        self.cache = PromptCache()
+        self.cache = PromptCache(self.attention.cache)
         self.drafted = self.accepted = 0  # running totals
 
     @torch.inference_mode()

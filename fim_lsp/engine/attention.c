@@ -1,0 +1,109 @@
+/* Attention of a few new tokens over a KV cache in fp16 or fp32, for x86-64 CPUs with AVX2,
+ * FMA and F16C (built by attention.py, which falls back to torch where this cannot run).
+ *
+ * Why not torch: a decode step reads the whole KV cache once per layer, so attention is memory
+ * bound, and torch on a CPU without AVX-512 has no fast fp16 matmul (about 1 GB/s here). Storing
+ * the cache in fp16 halves the bytes read; this kernel converts them in registers as it reads.
+ *
+ * Layouts (all contiguous along the last dimension):
+ *   query [heads][new][dim] fp32, scaled here by `scale`
+ *   keys, values: head h's token t at (h * head_stride + t * dim)
+ *   out [new][heads][dim] fp32 (the layout transformers expects back)
+ * New token i sits at position past + i and sees tokens 0 .. past + i (causal).
+ * dim must be a multiple of 8 and at most MAX_DIM.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define MAX_DIM 256
+
+static inline __m256 load8_f32(const float *p) { return _mm256_loadu_ps(p); }
+static inline __m256 load8_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+static inline float sum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+typedef struct {
+    const float *query;
+    const void *keys, *values;
+    float *out;
+    int heads, dim, past, new_tokens;
+    long head_stride;
+    float scale;
+} Job;
+
+/* One (head, new token) pair: softmax(q . K^T) V over the tokens it sees, with `scores` as
+ * scratch. The query is held in registers (dim / 8 of them), keys and values stream by once. */
+#define ATTEND_ONE(NAME, TYPE, LOAD8)                                                         \
+    static inline void NAME(const Job *job, int head, int token, const int dim, float *scores) { \
+        const TYPE *keys = (const TYPE *)job->keys + head * job->head_stride;                 \
+        const TYPE *values = (const TYPE *)job->values + head * job->head_stride;             \
+        const float *q = job->query + ((long)head * job->new_tokens + token) * dim;           \
+        const int seen = job->past + token + 1, blocks = dim / 8;                             \
+        __m256 qv[MAX_DIM / 8], acc[MAX_DIM / 8];                                             \
+        const __m256 scale = _mm256_set1_ps(job->scale);                                      \
+        for (int b = 0; b < blocks; b++) qv[b] = _mm256_mul_ps(_mm256_loadu_ps(q + 8 * b), scale); \
+        float top = -INFINITY;                                                                \
+        for (int t = 0; t < seen; t++) {                                                      \
+            const TYPE *row = keys + (long)t * dim;                                           \
+            __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();                     \
+            for (int b = 0; b + 1 < blocks; b += 2) {                                         \
+                even = _mm256_fmadd_ps(qv[b], LOAD8(row + 8 * b), even);                      \
+                odd = _mm256_fmadd_ps(qv[b + 1], LOAD8(row + 8 * b + 8), odd);                \
+            }                                                                                 \
+            if (blocks % 2) even = _mm256_fmadd_ps(qv[blocks - 1], LOAD8(row + dim - 8), even); \
+            scores[t] = sum8(_mm256_add_ps(even, odd));                                       \
+            top = scores[t] > top ? scores[t] : top;                                          \
+        }                                                                                     \
+        float total = 0.f;                                                                    \
+        for (int t = 0; t < seen; t++) total += scores[t] = expf(scores[t] - top);            \
+        for (int b = 0; b < blocks; b++) acc[b] = _mm256_setzero_ps();                        \
+        for (int t = 0; t < seen; t++) {                                                      \
+            const TYPE *row = values + (long)t * dim;                                         \
+            const __m256 weight = _mm256_set1_ps(scores[t]);                                  \
+            for (int b = 0; b < blocks; b++) acc[b] = _mm256_fmadd_ps(weight, LOAD8(row + 8 * b), acc[b]); \
+        }                                                                                     \
+        float *out = job->out + ((long)token * job->heads + head) * dim;                      \
+        const __m256 inverse = _mm256_set1_ps(1.f / total);                                   \
+        for (int b = 0; b < blocks; b++) _mm256_storeu_ps(out + 8 * b, _mm256_mul_ps(acc[b], inverse)); \
+    }
+
+ATTEND_ONE(attend_one_f32, float, load8_f32)
+ATTEND_ONE(attend_one_f16, uint16_t, load8_f16)
+
+/* The (head, new token) pairs are shared out over OpenMP threads. Loaded into a process that
+ * has torch, this is torch's own OpenMP runtime (same soname), so these are torch's threads:
+ * threads of our own would compete with torch's, which spin a while after each operator. The
+ * usual head size gets its own copy, with dim a constant the compiler unrolls. */
+#define ATTEND(NAME, TYPE, ONE)                                                               \
+    int NAME(const float *query, const TYPE *keys, const TYPE *values, float *out, int heads, \
+             int dim, int past, int new_tokens, long head_stride, float scale, int threads) { \
+        if (dim % 8 || dim > MAX_DIM || heads < 1 || new_tokens < 1 || past < 0 || threads < 1) \
+            return -1;                                                                        \
+        const Job job = {query, keys, values, out, heads, dim, past, new_tokens, head_stride, scale}; \
+        const int tasks = heads * new_tokens, length = past + new_tokens;                     \
+        if (threads > tasks) threads = tasks;                                                 \
+        float *scratch = malloc(sizeof(float) * (size_t)threads * (size_t)length);            \
+        if (!scratch) return -1;                                                              \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                     \
+        for (int task = 0; task < tasks; task++) {                                            \
+            float *scores = scratch + (size_t)omp_get_thread_num() * (size_t)length;          \
+            int head = task / new_tokens, token = task % new_tokens;                          \
+            if (dim == 128) ONE(&job, head, token, 128, scores);                              \
+            else ONE(&job, head, token, dim, scores);                                         \
+        }                                                                                     \
+        free(scratch);                                                                        \
+        return 0;                                                                             \
+    }
+
+/* Each returns 0, or -1 for arguments it does not take (the caller then uses torch). */
+ATTEND(fim_attend_f32, float, attend_one_f32)
+ATTEND(fim_attend_f16, uint16_t, attend_one_f16)
