@@ -177,6 +177,7 @@ async def bench(args: argparse.Namespace) -> dict:
     load_s = time.perf_counter() - load_started
     peak_rss = server_peak_rss_gb(client)
     quantization = client.status.get("quantization") or "none"
+    attention = client.status.get("attention") or ""
     runs: list[Run] = []
     rate, bandwidths = ReadRate(), []
     for number, (relative, typed) in enumerate(SCENARIOS[: args.scenarios]):
@@ -209,6 +210,7 @@ async def bench(args: argparse.Namespace) -> dict:
             int8=quantization.startswith("int8"),
             int8_lm_head="torch-dynamic" in quantization,  # bitsandbytes keeps lm_head fp32
             bandwidth=statistics.median(bandwidths),
+            kv_itemsize=2 if "fp16 KV cache" in attention else 4,
         )
         if config.is_file()
         else None
@@ -217,6 +219,7 @@ async def bench(args: argparse.Namespace) -> dict:
         "machine": machine(),
         "model": os.path.relpath(args.model, ROOT) if Path(args.model).is_dir() else args.model,
         "quantization": quantization,
+        "attention": attention,
         "context": args.context,
         "load_s": load_s,
         "server_peak_rss_gb": peak_rss,
@@ -311,6 +314,7 @@ def report(result: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['threads']} torch threads); Python {m['python']}, "
         f"torch {m['torch']}, transformers {m['transformers']}, bitsandbytes {m['bitsandbytes']}.",
         f"Model: {result['model']} ({result['quantization']}), about {result['context']} prompt tokens.",
+        f"Attention: {result['attention']}.",
         f"Server load: {result['load_s']:.1f} s to ready, peak RSS {result['server_peak_rss_gb']:.2f} GB.",
         "",
         "| scenario | reuse | maxNewTokens | requests | p50 ms | p95 ms | new prompt tokens (warm, p50) "

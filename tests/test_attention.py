@@ -127,3 +127,9 @@ def test_the_built_kernel_is_reused_without_compiling_again(fresh_build, monkeyp
 def test_a_cpu_without_avx2_gets_torch_attention(fresh_build, monkeypatch):
     monkeypatch.setattr(attention, "cpu_flags", lambda: {"fma", "f16c"})
     assert attention.kernel_problem() == "the CPU lacks avx2"
+
+
+def test_an_unusable_cache_folder_gets_torch_attention_and_the_reason(fresh_build, monkeypatch):
+    fresh_build.parent.mkdir(exist_ok=True)
+    fresh_build.write_text("a file where the folder should be")
+    assert "cannot be built or loaded" in (attention.kernel_problem() or "")

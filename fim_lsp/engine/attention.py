@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 KERNEL = "fim-lsp"  # the name transformers knows the kernel's attention by
 SOURCE = Path(__file__).with_name("attention.c")
 CPU_FLAGS = {"avx2", "fma", "f16c"}
+BUILD_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
 # Longer runs of new tokens (prefill chunks) are compute bound, where MKL's matmuls are faster:
 # they go to sdpa on fp32 copies of the cache (the copy costs ~2% of a 256-token chunk).
 KERNEL_MAX_NEW_TOKENS = 16
@@ -96,7 +98,10 @@ def load_kernel() -> ctypes.CDLL:
     flags = cpu_flags()
     if missing := CPU_FLAGS - flags:
         raise KernelError(f"the CPU lacks {', '.join(sorted(missing))}")
-    library = ctypes.CDLL(str(build(cache_folder())))
+    try:
+        library = ctypes.CDLL(str(build(cache_folder())))
+    except OSError as error:  # an unwritable cache folder, or one mounted noexec
+        raise KernelError(f"the attention kernel cannot be built or loaded: {error}") from error
     for name in ("fim_attend_f32", "fim_attend_f16"):
         function = getattr(library, name)
         function.argtypes = (
@@ -125,19 +130,19 @@ def cache_folder() -> Path:
 
 def build(folder: Path) -> Path:
     """The shared library compiled from SOURCE, reused while the source is unchanged."""
-    source = SOURCE.read_bytes()
-    target = folder / f"attention-{hashlib.sha256(source).hexdigest()[:16]}.so"
+    recipe = SOURCE.read_bytes() + " ".join(BUILD_FLAGS).encode()
+    target = folder / f"attention-{hashlib.sha256(recipe).hexdigest()[:16]}.so"
     if target.is_file():
         return target
-    compiler = os.environ.get("CC", "cc")
-    if shutil.which(compiler) is None:
+    compiler = os.environ.get("CC") or "cc"
+    command = shlex.split(compiler)  # CC may carry a wrapper or flags: "ccache gcc"
+    if not command or shutil.which(command[0]) is None:
         raise KernelError(f"no C compiler ({compiler}) to build the attention kernel")
     folder.mkdir(parents=True, exist_ok=True)
     # Built under a temporary name, then renamed: two servers starting at once both succeed.
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         built = Path(scratch) / target.name
-        command = [compiler, "-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC",
-                   "-o", str(built), str(SOURCE), "-lm"]  # fmt: skip
+        command += [*BUILD_FLAGS, "-o", str(built), str(SOURCE), "-lm"]
         try:
             subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
         except subprocess.CalledProcessError as error:
