@@ -2,11 +2,11 @@
 
     python bench/decode_profile.py [--model FOLDER] [--context 1000] [--blocks 6]
 
-Prefills `--context` tokens of real code into two caches: the engine's (a growing cache stored
-transposed, read by eager attention) and transformers' defaults (DynamicCache, sdpa). Then times
-blocks of one-token decode steps (no drafting) of each in turn, with a sample of the memory
-bandwidth after each pair, so that every block is compared with the floor of its moment on this
-shared machine.
+Prefills `--context` tokens of real code into three caches: the engine's (fp16, read by the C
+attention kernel), its fallback where the kernel cannot run (fp32 stored transposed, torch's eager
+attention), and transformers' defaults (DynamicCache, sdpa). Then times blocks of one-token decode
+steps (no drafting) of each in turn, with a sample of the memory bandwidth after each round, so
+that every block is compared with the floor of its moment on this shared machine.
 Last, profiles steps with torch.profiler and groups their time by kind of operator. Writes
 bench/out/decode_profile.md and .json.
 """
@@ -138,7 +138,7 @@ def main() -> None:
                 caches[layout], seconds, next_tokens[layout] = prefill(engine, prompt, layout)
                 prefills[layout].append(seconds)
         # Blocks of consecutive steps (as a completion runs them) of each layout in turn, with a
-        # sample of the bandwidth after each pair of blocks: each block is compared with the
+        # sample of the bandwidth after each round of blocks: each block is compared with the
         # floor of its moment, since the machine's speed drifts (it is shared).
         rate = ReadRate()
         for _ in range(args.blocks):
@@ -206,7 +206,7 @@ def report(result: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['threads']} torch threads); torch {m['torch']}, "
         f"transformers {m['transformers']}. Model: {result['model']}, {result['precision']}.",
         f"{result['blocks']} blocks of {result['block_steps']} one-token steps of each layout after "
-        f"{result['context']} prompt tokens, alternating, with a bandwidth sample after each pair: "
+        f"{result['context']} prompt tokens, alternating, with a bandwidth sample after each round (one block of each): "
         "ms is the median of the blocks' median step, x floor the median of the blocks' ratios to "
         "the floor of their moment; the floor below uses the median bandwidth.",
         "",
