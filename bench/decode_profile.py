@@ -22,13 +22,11 @@ import sysconfig
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 from transformers import DynamicCache
-from transformers.cache_utils import Cache
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 from bench.floor import ReadRate, measure_floor  # noqa: E402
 from bench.typing_latency import RANDOM_MODEL, machine  # noqa: E402
 from fim_lsp.engine import attention, load_engine  # noqa: E402
-from fim_lsp.engine.attention import KERNEL, CacheFormat  # noqa: E402
-from fim_lsp.engine.kv_cache import PromptCache  # noqa: E402
+from fim_lsp.engine.attention import KERNEL  # noqa: E402
+from fim_lsp.engine.kv_cache import CacheFormat, PromptCache  # noqa: E402
 from tests import tiny_model  # noqa: E402
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "json" / "encoder.py"
@@ -53,25 +51,29 @@ KINDS = [
     ("gelu", "GELU"),
     ("embedding", "embedding"),
 ]
-# name -> (a fresh cache, attention implementation)
-LAYOUTS: dict[str, tuple[Callable[[], Cache], str]] = {
-    "fim-lsp: growing, fp16, C kernel": (
-        lambda: PromptCache(CacheFormat(torch.float16, False)).kv,
-        KERNEL,
-    ),
+# name -> (the engine's cache format, or None for transformers' DynamicCache; attention)
+LAYOUTS: dict[str, tuple[CacheFormat | None, str]] = {
+    "fim-lsp: growing, fp16, C kernel": (CacheFormat(torch.float16), KERNEL),
     "growing, fp32, transposed, torch eager (the fallback)": (
-        lambda: PromptCache(CacheFormat(None, True)).kv,
+        CacheFormat(transposed=True),
         "eager",
     ),
-    "transformers' default: DynamicCache (torch.cat), sdpa": (DynamicCache, "sdpa"),
+    "transformers' default: DynamicCache (torch.cat), sdpa": (None, "sdpa"),
 }
 OURS = next(iter(LAYOUTS))
 
 
+def kv_itemsize(layout: str) -> int:
+    form = LAYOUTS[layout][0]
+    return form.dtype.itemsize if form and form.dtype else 4  # the model is fp32 around int8
+
+
 def prefill(engine, prompt: list[int], layout: str) -> tuple[PromptCache, float, int]:
     """A fresh cache of `layout` holding `prompt`, the seconds that took, and the next token."""
-    cache = PromptCache()
-    cache.kv = LAYOUTS[layout][0]()
+    form = LAYOUTS[layout][0]
+    cache = PromptCache(form)
+    if form is None:
+        cache.kv = DynamicCache()
     use(engine, layout, cache)
     started = time.perf_counter()
     logits = engine.prefill(prompt, threading.Event())
@@ -159,11 +161,11 @@ def main() -> None:
         len(prompt),
         int8_lm_head=True,
         bandwidth=statistics.median(bandwidths),
-        kv_itemsize=2,
+        kv_itemsize=kv_itemsize(OURS),
     )
     # Each layout against the bytes it reads: the fp32 caches read twice the KV bytes.
     floor_bytes = {
-        layout: floor["weight_bytes"] + floor["kv_bytes"] * (1 if layout == OURS else 2)
+        layout: floor["weight_bytes"] + floor["kv_bytes"] * kv_itemsize(layout) // kv_itemsize(OURS)
         for layout in LAYOUTS
     }
     ratios = {

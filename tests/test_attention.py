@@ -9,11 +9,10 @@ from fim_lsp.engine import attention
 from fim_lsp.engine.attention import (
     KERNEL,
     KERNEL_MAX_NEW_TOKENS,
-    CacheFormat,
     KernelError,
     choose_attention,
 )
-from fim_lsp.engine.kv_cache import GrowingLayer
+from fim_lsp.engine.kv_cache import CacheFormat, GrowingLayer
 from fim_lsp.engine.precision import Precision
 
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from fim_lsp.engine.attention import CacheFormat
-from fim_lsp.engine.kv_cache import GrowingLayer, PromptCache
+from fim_lsp.engine.kv_cache import CacheFormat, GrowingLayer, PromptCache
 
 
 def states(tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,6 +32,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from fim_lsp.engine.kv_cache import CacheFormat
 from fim_lsp.engine.precision import Precision
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,6 @@ KERNEL_MAX_NEW_TOKENS = 16
 
 
 @dataclass(frozen=True)
-class CacheFormat:
-    """How the KV cache stores keys and values."""
-
-    dtype: torch.dtype | None = None  # None: the model's
-    transposed: bool = False  # [heads, head_dim, tokens], for torch's eager attention (kv_cache.py)
-
-
-@dataclass(frozen=True)
 class AttentionPlan:
     implementation: str  # for model.set_attn_implementation
     cache: CacheFormat
@@ -63,16 +56,16 @@ class AttentionPlan:
 def choose_attention(precision: Precision) -> AttentionPlan:
     """The attention the engine runs with `precision`, and the cache format it reads."""
     if precision.device != "cpu":
-        return AttentionPlan("sdpa", CacheFormat(None, False), f"sdpa on {precision.device}")
+        return AttentionPlan("sdpa", CacheFormat(), f"sdpa on {precision.device}")
     if problem := kernel_problem():
         return AttentionPlan(
-            "eager", CacheFormat(None, True), f"torch attention, fp32 KV cache ({problem})"
+            "eager", CacheFormat(transposed=True), f"torch attention, fp32 KV cache ({problem})"
         )
     # With int8 weights the activations are already rounded far more than fp16 rounds keys and
     # values; without quantization the cache stays exact.
     dtype = torch.float16 if precision.int8 else None
     named = "fp16" if dtype else "fp32"
-    return AttentionPlan(KERNEL, CacheFormat(dtype, False), f"C attention kernel, {named} KV cache")
+    return AttentionPlan(KERNEL, CacheFormat(dtype), f"C attention kernel, {named} KV cache")
 
 
 def kernel_problem() -> str | None:

@@ -8,11 +8,18 @@ cropped off and only the new tokens are run.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from fim_lsp.engine.attention import CacheFormat
+
+@dataclass(frozen=True)
+class CacheFormat:
+    """How the KV cache stores keys and values."""
+
+    dtype: torch.dtype | None = None  # None: the model's
+    transposed: bool = False  # [heads, head_dim, tokens], for torch's eager attention
 
 
 class GrowingLayer(DynamicLayer):
