@@ -2,11 +2,13 @@
 
     python bench/decode_profile.py [--model FOLDER] [--context 1000] [--blocks 6]
 
-Prefills `--context` tokens of real code into three caches: the engine's (fp16, read by the C
-attention kernel), its fallback where the kernel cannot run (fp32 stored transposed, torch's eager
-attention), and transformers' defaults (DynamicCache, sdpa). Then times blocks of one-token decode
-steps (no drafting) of each in turn, with a sample of the memory bandwidth after each round, so
-that every block is compared with the floor of its moment on this shared machine.
+Prefills `--context` tokens of real code for four setups (SETUPS): the engine's (the C int8 kernel,
+an fp16 KV cache read by the C attention kernel); the previous engine (torch's dynamic int8 layers,
+the same cache and attention); the fallback where the C kernels cannot run (torch's int8 layers,
+an fp32 cache stored transposed, torch's eager attention); and transformers' defaults (torch's
+int8 layers, DynamicCache, sdpa). Then times blocks of one-token decode steps (no drafting) of
+each in turn, with a sample of the memory bandwidth after each round, so that every block is
+compared with the floor of its moment on this shared machine.
 Last, profiles steps with torch.profiler and groups their time by kind of operator. Writes
 bench/out/decode_profile.md and .json.
 """
@@ -33,15 +35,17 @@ sys.path.insert(0, str(ROOT))
 
 from bench.floor import ReadRate, measure_floor  # noqa: E402
 from bench.typing_latency import RANDOM_MODEL, machine  # noqa: E402
-from fim_lsp.engine import attention, load_engine  # noqa: E402
+from fim_lsp.engine import attention, linear, load_engine  # noqa: E402
 from fim_lsp.engine.attention import KERNEL  # noqa: E402
 from fim_lsp.engine.kv_cache import CacheFormat, PromptCache  # noqa: E402
+from fim_lsp.engine.precision import C_KERNEL, TORCH_DYNAMIC  # noqa: E402
 from tests import tiny_model  # noqa: E402
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "json" / "encoder.py"
 # Operator name fragments -> what they are, first match wins.
 KINDS = [
     ("linear_dynamic", "int8 linear layers (weights)"),
+    ("fim_lsp::linear", "int8 linear layers (weights)"),
     ("fim_lsp::attention", "attention"),
     ("bmm", "attention"),
     ("softmax", "attention"),
@@ -51,55 +55,72 @@ KINDS = [
     ("gelu", "GELU"),
     ("embedding", "embedding"),
 ]
-# name -> (the engine's cache format, or None for transformers' DynamicCache; attention)
-LAYOUTS: dict[str, tuple[CacheFormat | None, str]] = {
-    "fim-lsp: growing, fp16, C kernel": (CacheFormat(torch.float16), KERNEL),
-    "growing, fp32, transposed, torch eager (the fallback)": (
+# name -> (int8 linear layers; the cache format, or None for transformers' DynamicCache; attention)
+SETUPS: dict[str, tuple[str, CacheFormat | None, str]] = {
+    "fim-lsp: C int8 kernel; fp16 cache, C attention": (
+        C_KERNEL,
+        CacheFormat(torch.float16),
+        KERNEL,
+    ),
+    "previous engine: torch int8 (fbgemm); fp16 cache, C attention": (
+        TORCH_DYNAMIC,
+        CacheFormat(torch.float16),
+        KERNEL,
+    ),
+    "fallback without C kernels: torch int8; fp32 transposed cache, eager": (
+        TORCH_DYNAMIC,
         CacheFormat(transposed=True),
         "eager",
     ),
-    "transformers' default: DynamicCache (torch.cat), sdpa": (None, "sdpa"),
+    "transformers' defaults: torch int8; DynamicCache (torch.cat), sdpa": (
+        TORCH_DYNAMIC,
+        None,
+        "sdpa",
+    ),
 }
-OURS = next(iter(LAYOUTS))
+OURS = next(iter(SETUPS))
 
 
-def kv_itemsize(layout: str) -> int:
-    form = LAYOUTS[layout][0]
+def kv_itemsize(setup: str) -> int:
+    form = SETUPS[setup][1]
     return form.dtype.itemsize if form and form.dtype else 4  # the model is fp32 around int8
 
 
-def prefill(engine, prompt: list[int], layout: str) -> tuple[PromptCache, float, int]:
-    """A fresh cache of `layout` holding `prompt`, the seconds that took, and the next token."""
-    form = LAYOUTS[layout][0]
+def prefill(engines, prompt: list[int], setup: str) -> tuple[PromptCache, float, int]:
+    """A fresh cache of `setup` holding `prompt`, the seconds that took, and the next token."""
+    form = SETUPS[setup][1]
     cache = PromptCache(form)
     if form is None:
         cache.kv = DynamicCache()
-    use(engine, layout, cache)
+    engine = use(engines, setup, cache)
     started = time.perf_counter()
     logits = engine.prefill(prompt, threading.Event())
     return cache, time.perf_counter() - started, int(torch.argmax(logits[-1]))
 
 
-def use(engine, layout: str, cache: PromptCache) -> None:
+def use(engines, setup: str, cache: PromptCache):
+    """The engine of `setup`'s int8 layers, set up with its cache and attention."""
+    int8, _, implementation = SETUPS[setup]
+    engine = engines[int8]
     engine.cache = cache
-    engine.model.set_attn_implementation(LAYOUTS[layout][1])
+    engine.model.set_attn_implementation(implementation)
+    return engine
 
 
 def profile(engine, steps: int) -> tuple[dict[str, float], dict[str, float]]:
     """Milliseconds per decode step by kind of operator (self time), continuing the cache; and
     the operators that make up "everything else"."""
     token = engine.cache.ids[-1]
-    run_kernel = attention.run_kernel
-
-    def recorded(*args):  # the kernel is no torch operator: name its calls for the profiler
-        with torch.profiler.record_function("fim_lsp::attention"):
-            return run_kernel(*args)
-
-    attention.run_kernel = recorded
+    # The kernels are no torch operators: name their calls for the profiler.
+    kernels = {module: module.run_kernel for module in (attention, linear)}
+    for module, run_kernel in kernels.items():
+        name = f"fim_lsp::{module.__name__.rpartition('.')[2]}"
+        module.run_kernel = recorded(run_kernel, name)  # type: ignore[attr-defined]
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             token = int(torch.argmax(engine.forward([token])[-1]))
-    attention.run_kernel = run_kernel
+    for module, run_kernel in kernels.items():
+        module.run_kernel = run_kernel  # type: ignore[attr-defined]
     by_kind: dict[str, float] = defaultdict(float)
     others: dict[str, float] = {}
     for event in prof.key_averages():
@@ -112,21 +133,32 @@ def profile(engine, steps: int) -> tuple[dict[str, float], dict[str, float]]:
     return dict(sorted(by_kind.items(), key=lambda item: -item[1])), top
 
 
+def recorded(function, name: str):
+    def run(*args):
+        with torch.profiler.record_function(name):
+            return function(*args)
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", type=Path, default=RANDOM_MODEL)
     parser.add_argument("--context", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=2, help="prefills of each layout")
-    parser.add_argument("--blocks", type=int, default=6, help="blocks of decode steps per layout")
+    parser.add_argument("--rounds", type=int, default=2, help="prefills of each setup")
+    parser.add_argument("--blocks", type=int, default=6, help="blocks of decode steps per setup")
     parser.add_argument("--block-steps", type=int, default=8, help="decode steps per block")
     parser.add_argument("--profile-steps", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
     if args.model == RANDOM_MODEL and not (RANDOM_MODEL / "model.safetensors").is_file():
         tiny_model.build(RANDOM_MODEL, tiny_model.FULL, dtype="bfloat16")
-    engine = load_engine(str(args.model), 50280, device="cpu", quantization="int8")
+    engines = {
+        int8: load_engine(str(args.model), 50280, "cpu", "int8", int8_backend=int8)
+        for int8 in (C_KERNEL, TORCH_DYNAMIC)
+    }
     tokenizer = Tokenizer.from_file(str(args.model / "tokenizer.json"))
     prompt = tokenizer.encode(SOURCE.read_text()).ids[: args.context]
 
@@ -136,26 +168,25 @@ def main() -> None:
     bandwidths = []
     with torch.inference_mode():
         for _ in range(args.rounds):  # alternate, so that drift in the machine's speed hits both
-            for layout in LAYOUTS:
-                caches[layout], seconds, next_tokens[layout] = prefill(engine, prompt, layout)
-                prefills[layout].append(seconds)
-        # Blocks of consecutive steps (as a completion runs them) of each layout in turn, with a
+            for setup in SETUPS:
+                caches[setup], seconds, next_tokens[setup] = prefill(engines, prompt, setup)
+                prefills[setup].append(seconds)
+        # Blocks of consecutive steps (as a completion runs them) of each setup in turn, with a
         # sample of the bandwidth after each round of blocks: each block is compared with the
         # floor of its moment, since the machine's speed drifts (it is shared).
         rate = ReadRate()
         for _ in range(args.blocks):
-            for layout in LAYOUTS:
-                use(engine, layout, caches[layout])
+            for setup in SETUPS:
+                engine = use(engines, setup, caches[setup])
                 block = []
                 for _ in range(args.block_steps):
                     started = time.perf_counter()
-                    logits = engine.forward([next_tokens[layout]])
+                    logits = engine.forward([next_tokens[setup]])
                     block.append(time.perf_counter() - started)
-                    next_tokens[layout] = int(torch.argmax(logits[-1]))
-                times[layout].append(statistics.median(block))
+                    next_tokens[setup] = int(torch.argmax(logits[-1]))
+                times[setup].append(statistics.median(block))
             bandwidths.append(rate.sample())
-        use(engine, OURS, caches[OURS])
-        kinds, others = profile(engine, args.profile_steps)
+        kinds, others = profile(use(engines, OURS, caches[OURS]), args.profile_steps)
     floor = measure_floor(
         args.model / "config.json",
         len(prompt),
@@ -163,22 +194,22 @@ def main() -> None:
         bandwidth=statistics.median(bandwidths),
         kv_itemsize=kv_itemsize(OURS),
     )
-    # Each layout against the bytes it reads: the fp32 caches read twice the KV bytes.
+    # Each setup against the bytes it reads: the fp32 caches read twice the KV bytes.
     floor_bytes = {
-        layout: floor["weight_bytes"] + floor["kv_bytes"] * kv_itemsize(layout) // kv_itemsize(OURS)
-        for layout in LAYOUTS
+        setup: floor["weight_bytes"] + floor["kv_bytes"] * kv_itemsize(setup) // kv_itemsize(OURS)
+        for setup in SETUPS
     }
     ratios = {
-        layout: statistics.median(
-            seconds * bandwidth / floor_bytes[layout]
+        setup: statistics.median(
+            seconds * bandwidth / floor_bytes[setup]
             for seconds, bandwidth in zip(values, bandwidths, strict=True)
         )
-        for layout, values in times.items()
+        for setup, values in times.items()
     }
     result = {
         "machine": machine(),
         "model": os.path.relpath(args.model, ROOT),
-        "precision": engine.precision.reason,
+        "precision": engines[C_KERNEL].precision.reason,
         "context": len(prompt),
         "blocks": args.blocks,
         "block_steps": args.block_steps,
@@ -207,7 +238,7 @@ def report(result: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['threads']} torch threads); torch {m['torch']}, "
         f"transformers {m['transformers']}. Model: {result['model']}, {result['precision']}.",
-        f"{result['blocks']} blocks of {result['block_steps']} one-token steps of each layout after "
+        f"{result['blocks']} blocks of {result['block_steps']} one-token steps of each setup after "
         f"{result['context']} prompt tokens, alternating, with a bandwidth sample after each round (one block of each): "
         "ms is the median of the blocks' median step, x floor the median of the blocks' ratios to "
         "the floor of their moment; the floor below uses the median bandwidth.",
@@ -217,7 +248,7 @@ def report(result: dict) -> str:
         f"{floor['read_gb_s']:.1f} GB/s = **{floor_ms:.0f} ms**. The fp32 caches read twice the "
         f"KV bytes: their floor is {floor_ms + kv_ms:.0f} ms, and their x floor is against it.",
         "",
-        f"| KV cache, attention | decode ms per token | x floor | prefill {result['context']} tokens |",
+        f"| setup | decode ms per token | x floor | prefill {result['context']} tokens |",
         "|---|---|---|---|",
         *(
             f"| {name} | {ms:.0f} | {result['decode_x_floor'][name]:.2f} | "
@@ -225,7 +256,7 @@ def report(result: dict) -> str:
             for name, ms in result["decode_ms"].items()
         ),
         "",
-        f"## Where a step goes (torch.profiler self time, fim-lsp's layout, {profiled:.0f} ms per step profiled)",
+        f"## Where a step goes (torch.profiler self time, fim-lsp's setup, {profiled:.0f} ms per step profiled)",
         "",
         "| operators | ms per step | share |",
         "|---|---|---|",

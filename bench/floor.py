@@ -46,19 +46,22 @@ def read_bandwidth(size_bytes: int = 1 << 30, samples: int = 5) -> float:
 
 
 def int8_ops_per_second(tokens: int = 256, width: int = 2048, out: int = 8192) -> float:
-    """The faster of the two CPU int8 matmuls the engine can use (see engine/precision.py)."""
-    from fim_lsp.engine.precision import quantize_linear
+    """The fastest of the CPU int8 matmuls the engine can use (see engine/precision.py)."""
+    from fim_lsp.engine.linear import kernel_problem
+    from fim_lsp.engine.precision import C_KERNEL, TORCH_DYNAMIC, quantize_linear
 
     # torch._int_mm (bitsandbytes' CPU kernel), on a small product first: off AVX-512 VNNI
     # it is a slow fallback that would take minutes at full size.
     a = torch.randint(-128, 127, (tokens // 8, width // 2), dtype=torch.int8)
     b = torch.randint(-128, 127, (out // 8, width // 2), dtype=torch.int8).t()
     int_mm = 2 * a.shape[0] * a.shape[1] * b.shape[1] / timed(lambda: torch._int_mm(a, b), 2)
-    layer = quantize_linear(torch.nn.Linear(width, out))
     x = torch.randn(tokens, width)
-    with torch.inference_mode():
-        dynamic = 2 * tokens * width * out / timed(lambda: layer(x))
-    return max(int_mm, dynamic)
+    rates = [int_mm]
+    for int8 in (TORCH_DYNAMIC,) if kernel_problem() else (TORCH_DYNAMIC, C_KERNEL):
+        layer = quantize_linear(torch.nn.Linear(width, out), int8)
+        with torch.inference_mode():
+            rates.append(2 * tokens * width * out / timed(lambda: layer(x)))  # noqa: B023
+    return max(rates)
 
 
 def measure_floor(
@@ -71,7 +74,7 @@ def measure_floor(
 ) -> dict:
     """Floors for one decode step and one prefilled token of the model in `model_config`.
 
-    `int8_lm_head`: torch's dynamic int8 quantizes the output layer too; bitsandbytes keeps it fp32.
+    `int8_lm_head`: the CPU int8 layers quantize the output layer too; bitsandbytes keeps it fp32.
     `bandwidth`: bytes per second read, if measured already (beside the runs it is a floor for).
     `kv_itemsize`: bytes per cached key or value (2 for the engine's fp16 cache on a CPU).
     """

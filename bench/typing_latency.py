@@ -208,7 +208,7 @@ async def bench(args: argparse.Namespace) -> dict:
             config,
             args.context,
             int8=quantization.startswith("int8"),
-            int8_lm_head="torch-dynamic" in quantization,  # bitsandbytes keeps lm_head fp32
+            int8_lm_head="bitsandbytes" not in quantization,  # bitsandbytes keeps lm_head fp32
             bandwidth=statistics.median(bandwidths),
             kv_itemsize=2 if "fp16 KV cache" in attention else 4,
         )

@@ -1,4 +1,4 @@
-"""The C attention kernel against attention computed in float64, its fallbacks, and its build."""
+"""The C attention kernel against attention computed in float64, and the attention chosen."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from fim_lsp.engine import attention
 from fim_lsp.engine.attention import (
     KERNEL,
     KERNEL_MAX_NEW_TOKENS,
-    KernelError,
     choose_attention,
 )
 from fim_lsp.engine.kv_cache import CacheFormat, GrowingLayer
@@ -87,48 +86,3 @@ def test_the_kernel_is_chosen_on_cpu_with_an_fp16_cache_for_int8_weights():
     assert exact.cache == CacheFormat(None, transposed=False)  # without quantization, fp32
     cuda = choose_attention(Precision("cuda", torch.float16, "bitsandbytes", ""))
     assert (cuda.implementation, cuda.cache) == ("sdpa", CacheFormat(None, transposed=False))
-
-
-@pytest.fixture
-def fresh_build(tmp_path, monkeypatch):
-    """An empty kernel cache folder, and no kernel loaded yet."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    attention.load_kernel.cache_clear()
-    yield tmp_path / "fim-lsp"
-    attention.load_kernel.cache_clear()
-
-
-def test_without_a_compiler_attention_falls_back_to_torch_and_says_why(fresh_build, monkeypatch):
-    monkeypatch.setenv("CC", "no-such-compiler")
-    plan = choose_attention(Precision("cpu", torch.float32, "torch-dynamic", ""))
-    assert plan.implementation == "eager"
-    assert plan.cache == CacheFormat(None, transposed=True)
-    assert "no C compiler (no-such-compiler)" in plan.reason
-
-
-def test_a_failing_compiler_is_reported_with_its_message(fresh_build, tmp_path, monkeypatch):
-    compiler = tmp_path / "broken-cc"
-    compiler.write_text("#!/bin/sh\necho 'cc1: out of cheese' >&2\nexit 1\n")
-    compiler.chmod(0o755)
-    monkeypatch.setenv("CC", str(compiler))
-    with pytest.raises(KernelError, match="out of cheese"):
-        attention.load_kernel()
-    assert not list(fresh_build.glob("*.so"))  # nothing half-built left to load next time
-
-
-def test_the_built_kernel_is_reused_without_compiling_again(fresh_build, monkeypatch):
-    built = attention.build(fresh_build)
-    monkeypatch.setenv("CC", "no-such-compiler")
-    assert attention.build(fresh_build) == built
-    assert attention.kernel_problem() is None
-
-
-def test_a_cpu_without_avx2_gets_torch_attention(fresh_build, monkeypatch):
-    monkeypatch.setattr(attention, "cpu_flags", lambda: {"fma", "f16c"})
-    assert attention.kernel_problem() == "the CPU lacks avx2"
-
-
-def test_an_unusable_cache_folder_gets_torch_attention_and_the_reason(fresh_build, monkeypatch):
-    fresh_build.parent.mkdir(exist_ok=True)
-    fresh_build.write_text("a file where the folder should be")
-    assert "cannot be built or loaded" in (attention.kernel_problem() or "")

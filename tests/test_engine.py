@@ -123,9 +123,22 @@ def test_int8_through_torch_dynamic_layers_on_cpu(tiny_model_dir):
     assert len(engine.generate(PROMPT, 4, end_id=-1).ids) == 4
 
 
+def test_int8_through_the_c_kernel_on_cpu(tiny_model_dir):
+    from fim_lsp.engine.linear import Int8Linear
+
+    engine = load_engine(
+        str(tiny_model_dir), VOCAB, device="cpu", quantization="int8", int8_backend="c-kernel"
+    )
+    modules = list(engine.model.modules())
+    assert sum(isinstance(m, Int8Linear) for m in modules) == 2 * 4 + 1  # lm_head included
+    assert not any(type(m) is torch.nn.Linear for m in modules)
+    assert {p.dtype for p in engine.model.parameters()} == {torch.float32}
+    assert len(engine.generate(PROMPT, 4, end_id=-1).ids) == 4
+
+
 def test_int8_engine_keeps_keys_and_values_in_fp16_and_reuse_matches_a_cold_run(tiny_model_dir):
     warm, cold = (
-        load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", reuse, int8_backend="torch-dynamic")
+        load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", reuse, int8_backend="c-kernel")
         for reuse in (True, False)
     )
     assert warm.attention.implementation == KERNEL, warm.attention.reason
@@ -139,8 +152,19 @@ def test_int8_engine_keeps_keys_and_values_in_fp16_and_reuse_matches_a_cold_run(
 
 def test_cpu_int8_backend_is_chosen_by_measurement():
     precision = choose_precision("cpu", "int8")
-    assert precision.int8 in ("bitsandbytes", "torch-dynamic")
+    assert precision.int8 in ("bitsandbytes", "c-kernel")
     assert "GOP/s" in precision.reason
+
+
+def test_without_the_c_kernel_int8_runs_on_torch_dynamic_and_says_why(monkeypatch):
+    from fim_lsp.engine import linear
+
+    monkeypatch.setattr(linear, "kernel_problem", lambda: "no C compiler (cc)")
+    precision = choose_precision("cpu", "int8")
+    assert precision.int8 in ("bitsandbytes", "torch-dynamic")
+    assert "no C kernel: no C compiler (cc)" in precision.reason
+    with pytest.raises(EngineError, match="C int8 kernel cannot run here: no C compiler"):
+        choose_precision("cpu", "int8", "c-kernel")
 
 
 def test_context_comes_from_the_config_except_where_it_is_known_wrong(tiny_model_dir):
@@ -192,6 +216,28 @@ def test_prompt_lookup_drafts_keep_exactly_the_greedy_tokens(tiny_model_dir):
     assert expected == reference_greedy(tiny_model_dir, repeated, 40)
     assert drafting.drafted > 0
     assert drafting.cache.ids == repeated + expected[:-1]  # rejected drafts left the cache
+
+
+def test_int8_drafts_keep_exactly_the_greedy_tokens(tiny_model_dir):
+    """The C kernel quantizes each token on its own, so a draft verified in one pass computes what
+    one-token steps compute: drafting changes no token with int8 either. The tiny model's int8
+    output repeats nothing for prompt lookup to find, so drafts come from an oracle that knows the
+    greedy tokens and gets every third one wrong: both acceptance and rejection are exercised."""
+    plain, drafting = (
+        load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", int8_backend="c-kernel")
+        for _ in range(2)
+    )
+    plain.draft_tokens = 0
+    expected = plain.generate(PROMPT, 30, end_id=-1).ids
+
+    def oracle(ids: list[int], limit: int) -> list[int]:
+        done = len(ids) - len(PROMPT)
+        draft = expected[done : done + min(limit, 4)]
+        return [t if (done + i) % 3 else t + 1 for i, t in enumerate(draft)]
+
+    drafting.draft = oracle
+    assert drafting.generate(PROMPT, 30, end_id=-1).ids == expected
+    assert 0 < drafting.accepted < drafting.drafted
 
 
 def test_drafts_shrink_after_a_miss_and_grow_after_a_hit(engine, tiny_model_dir):

@@ -9,19 +9,19 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from fim_lsp.engine.errors import EngineError
-from fim_lsp.engine.precision import quantize_linear
+from fim_lsp.engine.precision import C_KERNEL, TORCH_DYNAMIC, quantize_linear
 from fim_lsp.engine.streaming import load_int8_by_module
 
 IDS = torch.tensor([[50277, 32488, 535, 50274, 18891, 50278, 1545, 4868, 9, 89, 50279]])
 
 
-def reference(folder):
+def reference(folder, int8):
     """from_pretrained in fp32, then every Linear swapped for its int8 version."""
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     for name, module in list(model.named_modules()):
         if type(module) is torch.nn.Linear:
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, quantize_linear(module))
+            setattr(model.get_submodule(parent), child, quantize_linear(module, int8))
     return model
 
 
@@ -43,17 +43,19 @@ def pickle_model_dir(tiny_model_dir, tmp_path_factory):
     return folder
 
 
-def test_streamed_int8_model_is_the_from_pretrained_one_quantized(tiny_model_dir):
+@pytest.mark.parametrize("int8", [C_KERNEL, TORCH_DYNAMIC])
+def test_streamed_int8_model_is_the_from_pretrained_one_quantized(tiny_model_dir, int8):
     config = AutoConfig.from_pretrained(tiny_model_dir)
-    streamed = load_int8_by_module(tiny_model_dir, config)
+    streamed = load_int8_by_module(tiny_model_dir, config, int8)
     assert not any(p.is_meta for p in streamed.parameters())
-    assert torch.equal(logits(streamed), logits(reference(tiny_model_dir)))
+    assert not any(type(m) is torch.nn.Linear for m in streamed.modules())
+    assert torch.equal(logits(streamed), logits(reference(tiny_model_dir, int8)))
 
 
 def test_pickle_checkpoints_load_the_same(tiny_model_dir, pickle_model_dir):
     config = AutoConfig.from_pretrained(tiny_model_dir)
-    from_pickle = load_int8_by_module(pickle_model_dir, config)
-    from_safetensors = load_int8_by_module(tiny_model_dir, config)
+    from_pickle = load_int8_by_module(pickle_model_dir, config, C_KERNEL)
+    from_safetensors = load_int8_by_module(tiny_model_dir, config, C_KERNEL)
     assert torch.equal(logits(from_pickle), logits(from_safetensors))
 
 
@@ -66,4 +68,4 @@ def test_a_checkpoint_missing_a_tensor_is_a_clear_error(tiny_model_dir, tmp_path
     del tensors["gpt_neox.layers.0.mlp.dense_h_to_4h.weight"]
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(EngineError, match=r"dense_h_to_4h\.weight"):
-        load_int8_by_module(tmp_path, AutoConfig.from_pretrained(tmp_path))
+        load_int8_by_module(tmp_path, AutoConfig.from_pretrained(tmp_path), C_KERNEL)

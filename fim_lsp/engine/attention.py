@@ -7,25 +7,15 @@ fast fp16 matmul on CPUs without AVX-512, and its fp32 attention reads the cache
 the memory bandwidth. Measured on 24 layers at 1,000 tokens (bench/reports/
 decode-profile-2026-11-26-fp16-kernel.md): 10-12 ms, against 22-27 ms for torch on an fp32 cache.
 
-The kernel is compiled on first use with the system's C compiler (`CC`, default `cc`) and cached
-under ~/.cache/fim-lsp. Where it cannot be built or run (no compiler, a CPU without AVX2, FMA and
-F16C, not Linux x86-64), attention is torch's, on an fp32 cache, and the reason is logged.
+The kernel is compiled on first use (native.py). Where it cannot be built or run, attention is
+torch's, on an fp32 cache, and the reason is logged.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import AttentionInterface
@@ -33,14 +23,10 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from fim_lsp.engine.kv_cache import CacheFormat
+from fim_lsp.engine.native import NativeError, load_library
 from fim_lsp.engine.precision import Precision
 
-log = logging.getLogger(__name__)
-
 KERNEL = "fim-lsp"  # the name transformers knows the kernel's attention by
-SOURCE = Path(__file__).with_name("attention.c")
-CPU_FLAGS = {"avx2", "fma", "f16c"}
-BUILD_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
 # Longer runs of new tokens (prefill chunks) are compute bound, where MKL's matmuls are faster:
 # they go to sdpa on fp32 copies of the cache (prefill measured as fast as transformers' own).
 KERNEL_MAX_NEW_TOKENS = 16
@@ -72,29 +58,15 @@ def kernel_problem() -> str | None:
     """Why the C kernel cannot run here, or None when it is built, loaded and checked."""
     try:
         load_kernel()
-    except KernelError as error:
+    except NativeError as error:
         return str(error)
     return None
 
 
-class KernelError(Exception):
-    pass
-
-
 @functools.cache
 def load_kernel() -> ctypes.CDLL:
-    """The compiled kernel, built on first use; raises KernelError with the reason it can't be."""
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        raise KernelError(
-            f"the C kernel is for Linux x86-64, not {platform.system()} {platform.machine()}"
-        )
-    flags = cpu_flags()
-    if missing := CPU_FLAGS - flags:
-        raise KernelError(f"the CPU lacks {', '.join(sorted(missing))}")
-    try:
-        library = ctypes.CDLL(str(build(cache_folder())))
-    except OSError as error:  # an unwritable cache folder, or one mounted noexec
-        raise KernelError(f"the attention kernel cannot be built or loaded: {error}") from error
+    """The C library with the attention kernel declared and checked; raises NativeError."""
+    library = load_library()
     for name in ("fim_attend_f32", "fim_attend_f16"):
         function = getattr(library, name)
         function.argtypes = (
@@ -105,49 +77,6 @@ def load_kernel() -> ctypes.CDLL:
         function.restype = ctypes.c_int
     check(library)
     return library
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
-
-
-def cache_folder() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "fim-lsp"
-
-
-def build(folder: Path) -> Path:
-    """The shared library compiled from SOURCE, reused while the source is unchanged."""
-    recipe = SOURCE.read_bytes() + " ".join(BUILD_FLAGS).encode()
-    target = folder / f"attention-{hashlib.sha256(recipe).hexdigest()[:16]}.so"
-    if target.is_file():
-        return target
-    compiler = os.environ.get("CC") or "cc"
-    command = shlex.split(compiler)  # CC may carry a wrapper or flags: "ccache gcc"
-    if not command or shutil.which(command[0]) is None:
-        raise KernelError(f"no C compiler ({compiler}) to build the attention kernel")
-    folder.mkdir(parents=True, exist_ok=True)
-    # Built under a temporary name, then renamed: two servers starting at once both succeed.
-    with tempfile.TemporaryDirectory(dir=folder) as scratch:
-        built = Path(scratch) / target.name
-        command += [*BUILD_FLAGS, "-o", str(built), str(SOURCE), "-lm"]
-        try:
-            subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
-        except subprocess.CalledProcessError as error:
-            raise KernelError(f"{compiler} failed to build the attention kernel: "
-                              f"{error.stderr.strip()[-300:]}") from error  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise KernelError(
-                f"{compiler} failed to build the attention kernel: {error}"
-            ) from error
-        os.replace(built, target)
-    log.info("built the attention kernel: %s", target)
-    return target
 
 
 def check(library: ctypes.CDLL) -> None:
@@ -161,7 +90,7 @@ def check(library: ctypes.CDLL) -> None:
         expected = (torch.softmax(scores, dim=-1) @ cache[1].float()).transpose(1, 2)
         got = run_kernel(library, query, *cache, 0.25)
         if got is None or not torch.allclose(got, expected, atol=1e-4):
-            raise KernelError("the attention kernel's result differs from torch's")
+            raise NativeError("the attention kernel's result differs from torch's")
 
 
 def causal_mask(new: int, total: int) -> torch.Tensor:

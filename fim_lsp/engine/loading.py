@@ -15,6 +15,7 @@ from fim_lsp.engine.errors import EngineError
 from fim_lsp.engine.generate import Engine
 from fim_lsp.engine.precision import (
     BITSANDBYTES,
+    C_KERNEL,
     TORCH_DYNAMIC,
     Precision,
     choose_precision,
@@ -136,8 +137,9 @@ def load_weights(folder: Path, precision: Precision, trained_context: int | None
         config.max_position_embeddings = trained_context
     try:
         with freed_memory_returned():
-            if precision.int8 == TORCH_DYNAMIC:
-                model = load_int8_by_module(folder, config)  # peak memory near the 8-bit size
+            if precision.int8 in (C_KERNEL, TORCH_DYNAMIC):
+                # peak memory near the 8-bit size
+                model = load_int8_by_module(folder, config, precision.int8)
             else:
                 bitsandbytes = precision.int8 == BITSANDBYTES
                 model = AutoModelForCausalLM.from_pretrained(

@@ -1,13 +1,14 @@
 """Device, dtype and quantization: decided in exactly one function, from explicit settings.
 
-int8 on CUDA is bitsandbytes (`load_in_8bit`). On a CPU there are two int8 paths and which one is
-fast depends on the processor, so `choose_precision` times both on a small matrix and keeps the
-faster one:
+int8 on CUDA is bitsandbytes (`load_in_8bit`). On a CPU which int8 path is fast depends on the
+processor, so `choose_precision` times the candidates on a small matrix and keeps the faster one:
+- our C kernel (`linear.py`, AVX2): decodes faster than torch's dynamic int8 layers, and is as
+  fast for prefill (about 200-250 GOP/s on 2 cores of an AVX2-only AMD EPYC);
+- where it cannot run (no compiler, no AVX2): torch's dynamic int8 layers (fbgemm; about 100
+  GOP/s on that EPYC). `torch.ao.quantization` is deprecated, but no maintained int8 path is as
+  fast on CPU (torchao's eager int8 was 10x slower here);
 - bitsandbytes runs on CPUs with `torch._int_mm`, fast with AVX-512 VNNI (measured on an Ice Lake
-  Xeon: 760-890 GOP/s) but a slow fallback elsewhere (0.1-3 GOP/s on an AVX2-only AMD EPYC);
-- torch's dynamic int8 linear layers (fbgemm/x86 kernels, also on AVX2; about 100 GOP/s on that
-  EPYC, 1.3x faster decode than bitsandbytes on the Xeon). `torch.ao.quantization` is deprecated,
-  but no maintained int8 path is as fast on CPU (torchao's eager int8 was 10x slower here).
+  Xeon: 760-890 GOP/s) but a slow fallback elsewhere (0.1-3 GOP/s on the EPYC).
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ from dataclasses import dataclass
 
 import torch
 
+from fim_lsp.engine import linear
 from fim_lsp.engine.errors import EngineError
 
-BITSANDBYTES, TORCH_DYNAMIC = "bitsandbytes", "torch-dynamic"
+BITSANDBYTES, TORCH_DYNAMIC, C_KERNEL = "bitsandbytes", "torch-dynamic", "c-kernel"
 
 
 @dataclass(frozen=True)
 class Precision:
     device: str  # "cpu" or "cuda"
     dtype: torch.dtype  # of everything that is not an 8-bit matrix
-    int8: str | None  # which int8 linear layers: BITSANDBYTES, TORCH_DYNAMIC, or None
+    int8: str | None  # which int8 linear layers: C_KERNEL, TORCH_DYNAMIC, BITSANDBYTES, or None
     reason: str
 
     @property
@@ -60,11 +62,16 @@ def choose_precision(device: str, quantization: str, int8: str | None = None) ->
         return Precision(
             target, dtype, BITSANDBYTES, f"8-bit bitsandbytes linear layers on {target}"
         )
-    if int8 == TORCH_DYNAMIC:
-        return Precision("cpu", dtype, TORCH_DYNAMIC, "8-bit torch dynamic linear layers on cpu")
-    rates = int8_rates()
+    kernel_problem = linear.kernel_problem()
+    if int8 == C_KERNEL and kernel_problem:
+        raise EngineError(f"the C int8 kernel cannot run here: {kernel_problem}")
+    if int8 in (C_KERNEL, TORCH_DYNAMIC):
+        return Precision("cpu", dtype, int8, f"8-bit {int8} linear layers on cpu")
+    rates = int8_rates(TORCH_DYNAMIC if kernel_problem else C_KERNEL)
     best = max(rates, key=lambda name: rates[name])
     measured = ", ".join(f"{name} {rate:.1f} GOP/s" for name, rate in rates.items())
+    if kernel_problem:
+        measured += f"; no C kernel: {kernel_problem}"
     if best == BITSANDBYTES:
         quiet_bitsandbytes()
     return Precision("cpu", dtype, best, f"8-bit {best} linear layers on cpu (measured {measured})")
@@ -90,12 +97,12 @@ def int8_problem(device: str) -> str | None:
     return None
 
 
-def int8_rates(tokens: int = 16, width: int = 1024) -> dict[str, float]:
-    """GOP/s of each CPU int8 linear layer that works here, on a [tokens, width] x [width, width]
-    product (about 0.1 s in all, even where one path is slow)."""
+def int8_rates(ours: str, tokens: int = 16, width: int = 1024) -> dict[str, float]:
+    """GOP/s of `ours` (C_KERNEL or TORCH_DYNAMIC) and of bitsandbytes where it works, on a
+    [tokens, width] x [width, width] product (about 0.1 s in all, even where one path is slow)."""
     x = torch.randn(tokens, width)
     layers: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        TORCH_DYNAMIC: quantize_linear(torch.nn.Linear(width, width))
+        ours: quantize_linear(torch.nn.Linear(width, width), ours)
     }
     if int8_problem("cpu") is None:
         import bitsandbytes as bnb
@@ -116,8 +123,11 @@ def int8_rates(tokens: int = 16, width: int = 1024) -> dict[str, float]:
     return {name: 2 * tokens * width * width / min(runs) / 1e9 for name, runs in times.items()}
 
 
-def quantize_linear(layer: torch.nn.Linear) -> torch.nn.Module:
-    """torch's dynamic int8 version of `layer`: int8 weights, activations quantized per call."""
+def quantize_linear(layer: torch.nn.Linear, int8: str) -> torch.nn.Module:
+    """The int8 version of `layer` for CPU backend `int8` (C_KERNEL or TORCH_DYNAMIC)."""
+    if int8 == C_KERNEL:
+        return linear.Int8Linear.from_float(layer)
+    # torch's dynamic int8: activations quantized per call.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # see the module docstring
         warnings.filterwarnings(

@@ -1,4 +1,4 @@
-"""Loading a checkpoint into torch's dynamic int8 layers one module at a time.
+"""Loading a checkpoint into CPU int8 layers one module at a time.
 
 `from_pretrained` maps the whole checkpoint file, and every page that quantizing reads stays
 resident until loading ends: the peak was the half-precision checkpoint plus the int8 model (5.3 GB
@@ -19,8 +19,9 @@ from fim_lsp.engine.errors import EngineError
 from fim_lsp.engine.precision import quantize_linear
 
 
-def load_int8_by_module(folder: Path, config) -> torch.nn.Module:
-    """The model of `config` with the weights in `folder`: int8 linear layers, the rest fp32."""
+def load_int8_by_module(folder: Path, config, int8: str) -> torch.nn.Module:
+    """The model of `config` with the weights in `folder`: linear layers in CPU int8 backend `int8`
+    (precision.C_KERNEL or TORCH_DYNAMIC), the rest fp32."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
@@ -40,7 +41,7 @@ def load_int8_by_module(folder: Path, config) -> torch.nn.Module:
             setattr(module, parameter, weight)
         if type(module) is torch.nn.Linear:
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, quantize_linear(module))
+            setattr(model.get_submodule(parent), child, quantize_linear(module, int8))
     return model
 
 

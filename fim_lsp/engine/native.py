@@ -1,0 +1,92 @@
+"""The engine's C kernels (`attention.c`, `linear.c`): compiled into one library on first use.
+
+They are built with the system's C compiler (`CC`, default `cc`; about two seconds) and cached
+under ~/.cache/fim-lsp, keyed by their source and flags. Each kernel's module checks it against
+torch before first use and falls back to torch, with the reason, where it cannot run: no
+compiler, a CPU without AVX2, FMA and F16C, a system other than Linux x86-64, or a cache folder
+that cannot be written or loaded.
+
+Built with `-fopenmp`, the library loads torch's own libgomp (same soname, already in the
+process), so the kernels run on torch's threads: threads of their own were slower, because
+torch's OpenMP worker keeps spinning on the other core after each operator.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "linear.c")]
+CPU_FLAGS = {"avx2", "fma", "f16c"}
+BUILD_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
+
+
+class NativeError(Exception):
+    pass
+
+
+@functools.cache
+def load_library() -> ctypes.CDLL:
+    """The compiled kernels, built on first use; raises NativeError with the reason they can't be."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise NativeError(
+            f"the C kernels are for Linux x86-64, not {platform.system()} {platform.machine()}"
+        )
+    if missing := CPU_FLAGS - cpu_flags():
+        raise NativeError(f"the CPU lacks {', '.join(sorted(missing))}")
+    try:
+        return ctypes.CDLL(str(build(cache_folder())))
+    except OSError as error:  # an unwritable cache folder, or one mounted noexec
+        raise NativeError(f"the C kernels cannot be built or loaded: {error}") from error
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def cache_folder() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "fim-lsp"
+
+
+def build(folder: Path) -> Path:
+    """The shared library compiled from SOURCES, reused while they and the flags are unchanged."""
+    recipe = b"".join(source.read_bytes() for source in SOURCES) + " ".join(BUILD_FLAGS).encode()
+    target = folder / f"kernels-{hashlib.sha256(recipe).hexdigest()[:16]}.so"
+    if target.is_file():
+        return target
+    compiler = os.environ.get("CC") or "cc"
+    command = shlex.split(compiler)  # CC may carry a wrapper or flags: "ccache gcc"
+    if not command or shutil.which(command[0]) is None:
+        raise NativeError(f"no C compiler ({compiler}) to build the C kernels")
+    folder.mkdir(parents=True, exist_ok=True)
+    # Built under a temporary name, then renamed: two servers starting at once both succeed.
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        built = Path(scratch) / target.name
+        command += [*BUILD_FLAGS, "-o", str(built), *map(str, SOURCES), "-lm"]
+        try:
+            subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
+        except subprocess.CalledProcessError as error:
+            raise NativeError(f"{compiler} failed to build the C kernels: "
+                              f"{error.stderr.strip()[-300:]}") from error  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise NativeError(f"{compiler} failed to build the C kernels: {error}") from error
+        os.replace(built, target)
+    log.info("built the C kernels: %s", target)
+    return target

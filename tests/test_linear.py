@@ -1,0 +1,86 @@
+"""The C int8 kernel against the same quantization computed in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fim_lsp.engine.linear import Int8Linear, quantize
+
+
+def quantized_reference(layer: Int8Linear, weight, bias, x):
+    """x W^T + b after linear.c's quantization, in float64: weights symmetric per output row,
+    activations per token to 0..127 around a zero point, products summed exactly."""
+    step = weight.abs().amax(dim=1) / 127
+    step[step == 0] = 1
+    w = torch.round(weight / step[:, None]).clamp(-127, 127)
+    torch.testing.assert_close(layer.scale, step)  # the layer's own scales are these
+    low = x.amin(dim=1).clamp(max=0)
+    high = x.amax(dim=1).clamp(min=0)
+    scale = (high - low) / 127  # float32, as in the kernel
+    scale[scale == 0] = 1
+    inverse = 1 / scale
+    zero = torch.round(-low * inverse)
+    q = (torch.round(x * inverse[:, None]) + zero[:, None]).clamp(0, 127)
+    exact = (q.double() - zero.double()[:, None]) @ w.double().T
+    out = exact * scale.double()[:, None] * step.double()[None, :]
+    return out + (0 if bias is None else bias.double())
+
+
+@pytest.mark.parametrize(
+    "tokens, inputs, outputs",
+    [(1, 2048, 64), (4, 64, 48), (5, 36, 17), (17, 256, 32), (3, 5, 1), (256, 128, 160)],
+)
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_matches_its_quantization_computed_exactly(
+    tokens, inputs, outputs, with_bias, threads, monkeypatch
+):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    generator = torch.Generator().manual_seed(tokens * 1000 + inputs)
+    weight = torch.randn(outputs, inputs, generator=generator)
+    bias = torch.randn(outputs, generator=generator) if with_bias else None
+    x = torch.randn(tokens, inputs, generator=generator) * 3 + 0.5  # an off-centre range
+    layer = Int8Linear(weight, bias)
+    got = layer(x)
+    assert got.shape == (tokens, outputs) and got.dtype == torch.float32
+    expected = quantized_reference(layer, weight, bias, x)
+    # Integer sums are exact; only the kernel's final fp32 multiplies round.
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
+    # And the quantization itself is close to the float product.
+    exact = x @ weight.T + (0 if bias is None else bias)
+    assert (got - exact).norm() / exact.norm() < 0.03
+
+
+def test_a_token_gives_the_same_output_alone_or_in_a_batch():
+    generator = torch.Generator().manual_seed(1)
+    layer = Int8Linear(
+        torch.randn(96, 128, generator=generator), torch.randn(96, generator=generator)
+    )
+    batch = torch.randn(9, 128, generator=generator)
+    together = layer(batch)
+    for row in range(9):
+        assert torch.equal(layer(batch[row : row + 1]), together[row : row + 1])
+
+
+def test_any_leading_shape_and_dtype_is_taken():
+    layer = Int8Linear(torch.randn(24, 40), None)
+    x = torch.randn(2, 3, 40)
+    torch.testing.assert_close(layer(x), layer(x.reshape(6, 40)).reshape(2, 3, 24))
+    torch.testing.assert_close(layer(x.to(torch.bfloat16)), layer(x.to(torch.bfloat16).float()))
+    torch.testing.assert_close(layer(x.mT.contiguous().mT), layer(x))
+
+
+def test_zero_rows_and_zero_weights_give_the_bias():
+    bias = torch.arange(16.0)
+    layer = Int8Linear(torch.zeros(16, 32), bias)
+    assert torch.equal(layer(torch.zeros(2, 32)), bias.expand(2, 16))
+    assert torch.equal(layer(torch.randn(2, 32)), bias.expand(2, 16))
+
+
+def test_quantizing_in_slices_gives_the_same_weights():
+    weight = torch.randn(100, 24)
+    whole = Int8Linear(weight, None)
+    sliced = quantize(weight, rows_at_once=32)
+    for got, expected in zip(sliced, (whole.packed, whole.scale, whole.sums), strict=True):
+        assert torch.equal(got, expected)

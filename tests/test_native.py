@@ -1,0 +1,71 @@
+"""Building the C kernels, and what each part of the engine falls back to where they can't run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fim_lsp.engine import attention, linear, native
+from fim_lsp.engine.attention import choose_attention
+from fim_lsp.engine.kv_cache import CacheFormat
+from fim_lsp.engine.native import NativeError
+from fim_lsp.engine.precision import Precision, choose_precision
+
+
+@pytest.fixture
+def fresh_build(tmp_path, monkeypatch):
+    """An empty kernel cache folder, and no kernel loaded yet."""
+    loaders = (native.load_library, attention.load_kernel, linear.load_kernel)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for loader in loaders:
+        loader.cache_clear()
+    yield tmp_path / "fim-lsp"
+    for loader in loaders:
+        loader.cache_clear()
+
+
+def test_without_a_compiler_both_kernels_fall_back_to_torch_and_say_why(fresh_build, monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler")
+    plan = choose_attention(Precision("cpu", torch.float32, "torch-dynamic", ""))
+    assert plan.implementation == "eager"
+    assert plan.cache == CacheFormat(None, transposed=True)
+    assert "no C compiler (no-such-compiler)" in plan.reason
+    precision = choose_precision("cpu", "int8")
+    assert precision.int8 in ("torch-dynamic", "bitsandbytes")
+    assert "no C compiler (no-such-compiler)" in precision.reason
+
+
+def test_a_failing_compiler_is_reported_with_its_message(fresh_build, tmp_path, monkeypatch):
+    compiler = tmp_path / "broken-cc"
+    compiler.write_text("#!/bin/sh\necho 'cc1: out of cheese' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    with pytest.raises(NativeError, match="out of cheese"):
+        native.load_library()
+    assert not list(fresh_build.glob("*.so"))  # nothing half-built left to load next time
+
+
+def test_the_built_kernels_are_reused_without_compiling_again(fresh_build, monkeypatch):
+    built = native.build(fresh_build)
+    monkeypatch.setenv("CC", "no-such-compiler")
+    assert native.build(fresh_build) == built
+    assert attention.kernel_problem() is None
+    assert linear.kernel_problem() is None
+
+
+def test_a_cpu_without_avx2_gets_torch_attention_and_linear_layers(fresh_build, monkeypatch):
+    monkeypatch.setattr(native, "cpu_flags", lambda: {"fma", "f16c"})
+    assert attention.kernel_problem() == "the CPU lacks avx2"
+    assert linear.kernel_problem() == "the CPU lacks avx2"
+
+
+def test_an_unusable_cache_folder_is_a_reason_to_fall_back(fresh_build, monkeypatch):
+    fresh_build.parent.mkdir(exist_ok=True)
+    fresh_build.write_text("a file where the folder should be")
+    assert "cannot be built or loaded" in (attention.kernel_problem() or "")
+    assert "cannot be built or loaded" in (linear.kernel_problem() or "")
+
+
+def test_a_kernel_that_computes_wrong_is_refused(fresh_build, monkeypatch):
+    monkeypatch.setattr(linear, "run_kernel", lambda library, layer, x: torch.zeros(5, 21))
+    assert linear.kernel_problem() == "the int8 kernel's result differs from torch's"
