@@ -84,3 +84,7 @@ def test_quantizing_in_slices_gives_the_same_weights():
     sliced = quantize(weight, rows_at_once=32)
     for got, expected in zip(sliced, (whole.packed, whole.scale, whole.sums), strict=True):
         assert torch.equal(got, expected)
+
+
+def test_no_tokens_give_an_empty_result():
+    assert Int8Linear(torch.randn(16, 8), None)(torch.empty(0, 8)).shape == (0, 16)

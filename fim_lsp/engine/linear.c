@@ -42,7 +42,7 @@ static float quantize_row(const float *x, int k, int kp, uint8_t *q, int32_t *ze
     for (int j = 0; j < 8; j++) lo = fminf(lo, lows[j]), hi = fmaxf(hi, highs[j]);
     for (int j = i; j < k; j++) lo = fminf(lo, x[j]), hi = fmaxf(hi, x[j]);
     float scale = (hi - lo) / 127.f;
-    if (!(scale > 0.f) || !isfinite(scale)) scale = 1.f;  /* all zeros, or inf/nan in x */
+    if (!(scale > 0.f) || !isfinite(scale)) scale = 1.f, lo = 0.f;  /* all zeros, or inf/nan */
     const float inverse = 1.f / scale;
     *zero = (int32_t)nearbyintf(-lo * inverse);
     const __m256 inv = _mm256_set1_ps(inverse);
@@ -137,6 +137,7 @@ int fim_linear_i8(const float *x, int m, int k, int n, const int8_t *weights,
                   const float *w_scale, const int32_t *w_sum, const float *bias, float *y,
                   int threads) {
     const int kp = (k + 3) / 4 * 4, panels = (n + 15) / 16;
+    if (m == 0) return 0;
     uint8_t *q = aligned_alloc(64, ((size_t)m * kp + 63) / 64 * 64);
     float *a_scale = malloc(sizeof(float) * m);
     int32_t *a_zero = malloc(sizeof(int32_t) * m);
