@@ -47,7 +47,7 @@ def report(settings: Settings, say: Callable[[str], None]) -> list[str]:
         say(f"bitsandbytes: not usable ({error})")
     for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
         trouble = int8_problem(device)
-        say(f"8-bit on {device}: {'works' if trouble is None else trouble}")
+        say(f"bitsandbytes 8-bit on {device}: {'works' if trouble is None else trouble}")
     try:
         precision = choose_precision(settings.device, settings.quantization)
         say(f"would run: {precision.reason}")

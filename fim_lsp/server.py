@@ -20,7 +20,7 @@ from fim_lsp.logs import configure_logging
 from fim_lsp.pipeline import Completer, Completion, ShownSuggestions, unsuitable
 from fim_lsp.prompt import TokenizerError
 from fim_lsp.scheduler import Scheduler
-from fim_lsp.settings import Settings, from_client, merge
+from fim_lsp.settings import Settings, camel_case, from_client, merge
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,15 @@ class FimLanguageServer(LanguageServer):
                     f"{source}: cannot log to {settings.log_file}: {error}",
                 )
                 settings = dataclasses.replace(settings, log_file=self.settings.log_file)
+        changed = [
+            f"{camel_case(field.name)}={getattr(settings, field.name)!r}"
+            for field in dataclasses.fields(settings)
+            if getattr(settings, field.name) != getattr(self.settings, field.name)
+        ]
+        if changed:  # in the client's log, so that a user can see a change arrive
+            self.window_log_message(
+                types.LogMessageParams(types.MessageType.Log, f"{source}: {', '.join(changed)}")
+            )
         self.settings = settings
         if self.completer is not None:
             self.completer.settings = settings

@@ -92,7 +92,8 @@ def test_doctor_reports_the_machine_and_the_model(tiny_model_dir):
         "torch",
         "CUDA",
         "bitsandbytes",
-        "8-bit on cpu",
+        "bitsandbytes 8-bit on cpu",
+        "would run: 8-bit c-kernel linear layers",
         "attention: C",
         "OK",
     ):

@@ -242,6 +242,8 @@ async def test_settings_change_live_and_bad_values_are_reported(tiny_model_dir, 
         answer = await inline(client, URI, LINE, CURSOR_CHARS)
         tokens = answer.items[0].insert_text if answer.items else ""
         assert len(tokens) < 40, "two tokens at most"
+        changes = [m.message for m in client.log_messages if "didChangeConfiguration" in m.message]
+        assert changes == ["workspace/didChangeConfiguration: maxNewTokens=2"]
     finally:
         await client.shutdown_session()
 

@@ -205,6 +205,7 @@ def test_ghost_text_and_tab_in_code_server(
             "extensionPackageJson": str(EXTENSION / "package.json"),
             "readyTimeoutMs": 180_000,
             "settingsFile": str(workspace / ".vscode" / "settings.json"),
+            "logsDir": str(user_data / "logs"),
             "changedSettings": {"fimLsp.maxNewTokens": 2},
             "secondLine": SECOND_LINE,
         }

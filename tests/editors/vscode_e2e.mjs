@@ -2,8 +2,8 @@
 // press Tab, save. Config comes as JSON in FIM_TEST_CONFIG; the result goes to config.result.
 // Run by tests/editors/test_vscode.py; playwright-core comes from editors/vscode/node_modules.
 
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { dirname } from "node:path";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { createRequire } from "node:module";
 
 const config = JSON.parse(readFileSync(process.env.FIM_TEST_CONFIG, "utf8"));
@@ -16,6 +16,14 @@ const step = (name) => {
   console.log(name);
 };
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Whether the extension's output channel (written under code-server's logs) holds `text`.
+function serverLogged(logsDir, text) {
+  if (!existsSync(logsDir)) return false;
+  return readdirSync(logsDir, { recursive: true })
+    .filter((name) => name.endsWith("FIM LSP.log"))
+    .some((name) => readFileSync(join(logsDir, name), "utf8").includes(text));
+}
 
 async function statusLabel(page) {
   const item = page.locator(".statusbar-item", { hasText: "FIM" }).first();
@@ -125,7 +133,13 @@ async function main() {
     // the next suggestion is generated under the new maxNewTokens.
     mkdirSync(dirname(config.settingsFile), { recursive: true });
     writeFileSync(config.settingsFile, JSON.stringify(config.changedSettings, null, 2));
-    await sleep(4000);
+    // Wait until the server logs the change: code-server's file watcher is slow on a busy machine.
+    const changedBy = Date.now() + 60_000;
+    while (Date.now() < changedBy && !serverLogged(config.logsDir, "workspace/didChangeConfiguration:"))
+      await sleep(250);
+    if (!serverLogged(config.logsDir, "workspace/didChangeConfiguration:"))
+      throw new Error("the settings change did not reach the server within 60 s");
+    step("settings change logged by the server");
     await page.keyboard.press("Control+G");
     await page.waitForSelector(".quick-input-widget input", { state: "visible" });
     await page.keyboard.type(String(config.secondLine), { delay: 20 });
