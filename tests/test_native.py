@@ -15,7 +15,7 @@ from fim_lsp.engine.precision import Precision, choose_precision
 @pytest.fixture
 def fresh_build(tmp_path, monkeypatch):
     """An empty kernel cache folder, and no kernel loaded yet."""
-    loaders = (native.load_library, attention.load_kernel, linear.load_kernel)
+    loaders = (native.built_library, attention.load_kernel, linear.load_kernel)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     for loader in loaders:
         loader.cache_clear()
@@ -69,3 +69,14 @@ def test_an_unusable_cache_folder_is_a_reason_to_fall_back(fresh_build, monkeypa
 def test_a_kernel_that_computes_wrong_is_refused(fresh_build, monkeypatch):
     monkeypatch.setattr(linear, "run_kernel", lambda library, layer, x: torch.zeros(5, 21))
     assert linear.kernel_problem() == "the int8 kernel's result differs from torch's"
+
+
+def test_a_failed_build_is_not_tried_again_for_the_other_kernel(fresh_build, tmp_path, monkeypatch):
+    calls = tmp_path / "calls"
+    compiler = tmp_path / "slow-broken-cc"
+    compiler.write_text(f"#!/bin/sh\necho called >> {calls}\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    assert "failed to build" in (attention.kernel_problem() or "")
+    assert "failed to build" in (linear.kernel_problem() or "")
+    assert calls.read_text().count("called") == 1

@@ -23,7 +23,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from fim_lsp.engine.kv_cache import CacheFormat
-from fim_lsp.engine.native import NativeError, load_library
+from fim_lsp.engine.native import NativeError, load_library, problem
 from fim_lsp.engine.precision import Precision
 
 KERNEL = "fim-lsp"  # the name transformers knows the kernel's attention by
@@ -56,11 +56,7 @@ def choose_attention(precision: Precision) -> AttentionPlan:
 
 def kernel_problem() -> str | None:
     """Why the C kernel cannot run here, or None when it is built, loaded and checked."""
-    try:
-        load_kernel()
-    except NativeError as error:
-        return str(error)
-    return None
+    return problem(load_kernel)
 
 
 @functools.cache

@@ -16,7 +16,7 @@ import functools
 
 import torch
 
-from fim_lsp.engine.native import NativeError, load_library
+from fim_lsp.engine.native import NativeError, load_library, problem
 
 PANEL = 16  # outputs per packed panel, and inputs per group: as linear.c reads them
 GROUP = 4
@@ -85,11 +85,7 @@ def quantize(weight: torch.Tensor, rows_at_once: int = 4096):
 
 def kernel_problem() -> str | None:
     """Why the C int8 kernel cannot run here, or None when it is built, loaded and checked."""
-    try:
-        load_kernel()
-    except NativeError as error:
-        return str(error)
-    return None
+    return problem(load_kernel)
 
 
 @functools.cache

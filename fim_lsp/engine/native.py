@@ -23,6 +23,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,34 @@ class NativeError(Exception):
     pass
 
 
-@functools.cache
 def load_library() -> ctypes.CDLL:
-    """The compiled kernels, built on first use; raises NativeError with the reason they can't be."""
+    """The compiled kernels, built on first use; raises NativeError with the reason they can't be.
+
+    A failure is remembered too: both kernels ask, and a failing compiler may take a while."""
+    outcome = built_library()
+    if isinstance(outcome, NativeError):
+        raise NativeError(str(outcome))
+    return outcome
+
+
+def problem(load_kernel: Callable[[], object]) -> str | None:
+    """Why `load_kernel` (a kernel's loader) fails here, or None when it loads and checks out."""
+    try:
+        load_kernel()
+    except NativeError as error:
+        return str(error)
+    return None
+
+
+@functools.cache
+def built_library() -> ctypes.CDLL | NativeError:
+    try:
+        return build_and_load()
+    except NativeError as error:
+        return error
+
+
+def build_and_load() -> ctypes.CDLL:
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         raise NativeError(
             f"the C kernels are for Linux x86-64, not {platform.system()} {platform.machine()}"
