@@ -1,17 +1,24 @@
-"""Checks to run on a machine with an NVIDIA GPU: bitsandbytes 8-bit on CUDA through the engine.
+"""Checks and timings for a machine with an NVIDIA GPU: the engine's int8 on CUDA.
 
-    python bench/cuda_check.py [--full]
+    python bench/cuda_check.py [--full] [--out FOLDER]
 
-On a tiny random model: the layers are bitsandbytes Linear8bitLt, a reused KV cache gives the
-same tokens as a cold run, and prompt-lookup drafts keep the greedy tokens. With --full, also a
-random model with FIM-NeoX-1.3B's dimensions: load time, GPU memory, prefill of 1,000 tokens,
-decode per token and a warm keystroke, for int8 and for fp16.
+On a tiny random model, for each int8 backend on CUDA (weight-only and bitsandbytes): every
+linear layer is replaced, a reused KV cache gives a cold run's tokens, and drafts verified in one
+pass keep the greedy tokens (drafts from an oracle that gets every third token wrong, so both
+acceptance and rejection run). Also which backend the engine picks, with its measurements.
+
+With --full, a random model with FIM-NeoX-1.3B's dimensions, for int8 weight-only, int8
+bitsandbytes and fp16, one after the other: load time, GPU memory (peak while loading, after
+loading, peak while running), and medians of the time to first token of a 1,000-token prompt
+(cold), decode per token, and a keystroke's time to first token, warm (5 new tokens after a
+cached prompt) and cold. Writes cuda-check.md to --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -19,36 +26,106 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from fim_lsp.engine import load_engine
-from tests import tiny_model
+from bench.typing_latency import machine  # noqa: E402
+from fim_lsp.engine import choose_precision, load_engine  # noqa: E402
+from fim_lsp.engine.precision import BITSANDBYTES, WEIGHT_ONLY  # noqa: E402
+from tests import tiny_model  # noqa: E402
 
 VOCAB = 50280
+PROMPT = [50277, *([1545, 4868, 9, 89, 13, 340, 10] * 6), 50278, 1545, 4868, 50279]
+SETUPS = [("int8", WEIGHT_ONLY), ("int8", BITSANDBYTES), ("none", None)]
 
 
-def tiny_checks(folder: Path) -> None:
-    import bitsandbytes as bnb
-
-    engine = load_engine(str(folder), VOCAB, device="cuda", quantization="int8")
-    cold = load_engine(str(folder), VOCAB, device="cuda", quantization="int8", reuse_cache=False)
-    layers = sum(isinstance(m, bnb.nn.Linear8bitLt) for m in engine.model.modules())
-    print(f"{engine.precision.reason}: {layers} Linear8bitLt layers")
-    prompt = [50277, *([1545, 4868, 9, 89, 13, 340, 10] * 6), 50278, 1545, 4868, 50279]
-    engine.generate(prompt, 16, end_id=-1)
-    for edited in ([*prompt[:-1], 13, 340, 50279], [*prompt[:-2], 50279]):
-        warm, fresh = engine.generate(edited, 16, end_id=-1), cold.generate(edited, 16, end_id=-1)
-        print(f"reuse == cold: {warm.ids == fresh.ids} ({warm.cached_tokens} cached)")
-    engine.draft_tokens = 0
-    plain = engine.generate(prompt, 32, end_id=-1).ids
-    engine.draft_tokens = 8
-    drafted = engine.generate(prompt, 32, end_id=-1)
-    print(
-        f"drafts == greedy: {drafted.ids == plain} ({drafted.accepted}/{drafted.drafted} accepted)"
+def int8_layers(engine) -> int:
+    return sum(
+        "Int8" in type(m).__name__ or "8bit" in type(m).__name__ for m in engine.model.modules()
     )
 
 
-def full_size_timings(folder: Path) -> None:
+def drafts_keep_greedy(engine, new_tokens: int = 24) -> tuple[bool, int, int]:
+    engine.draft_tokens = 0
+    engine.cache.clear()
+    expected = engine.generate(PROMPT, new_tokens, end_id=-1).ids
+
+    def oracle(ids: list[int], limit: int) -> list[int]:
+        done = len(ids) - len(PROMPT)
+        draft = expected[done : done + min(limit, 4)]
+        return [t if (done + i) % 3 else t + 1 for i, t in enumerate(draft)]
+
+    engine.draft_tokens, engine.draft = 8, oracle
+    engine.cache.clear()
+    drafted = engine.generate(PROMPT, new_tokens, end_id=-1)
+    del engine.draft
+    return drafted.ids == expected, drafted.accepted, drafted.drafted
+
+
+def tiny_checks(folder: Path) -> list[str]:
+    lines = []
+    for backend in (WEIGHT_ONLY, BITSANDBYTES):
+        engine, cold = (
+            load_engine(str(folder), VOCAB, "cuda", "int8", reuse, int8_backend=backend)
+            for reuse in (True, False)
+        )
+        engine.generate(PROMPT, 16, end_id=-1)
+        same = []
+        for edited in ([*PROMPT[:-1], 13, 340, 50279], [*PROMPT[:-2], 50279]):
+            warm, fresh = (
+                engine.generate(edited, 16, end_id=-1),
+                cold.generate(edited, 16, end_id=-1),
+            )
+            same.append(f"{warm.ids == fresh.ids} ({warm.cached_tokens} cached)")
+        exact, accepted, drafted = drafts_keep_greedy(engine)
+        lines.append(
+            f"- {backend}: {int8_layers(engine)} int8 layers of 9; reuse == cold: {', '.join(same)}; "
+            f"drafts == greedy: {exact} ({accepted} of {drafted} accepted)"
+        )
+    lines.append(f"- the engine picks: {choose_precision('cuda', 'int8').reason}")
+    return lines
+
+
+def timed_setup(folder: Path, quantization: str, backend: str | None) -> dict[str, float]:
+    random.seed(0)
+    prompt = [random.randrange(2, 50000) for _ in range(1000)]
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    engine = load_engine(
+        str(folder), VOCAB, device="cuda", quantization=quantization, int8_backend=backend
+    )
+    result = {"load_s": time.perf_counter() - started}
+    result["load_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    result["loaded_gb"] = torch.cuda.memory_allocated() / 1e9
+    torch.cuda.reset_peak_memory_stats()
+    engine.draft_tokens = 0
+    for _ in range(2):  # warm-up: first calls of each shape pay one-time costs
+        engine.cache.clear()
+        engine.generate(prompt, 4, end_id=-1)
+        engine.generate([*prompt[:-3], 7, 8, 9, 10, 11], 2, end_id=-1)
+    first, decode, warm, cold = [], [], [], []
+    for run in range(5):
+        engine.cache.clear()
+        generation = engine.generate(prompt, 33, end_id=-1)
+        first.append(generation.timings_ms["prefill"])
+        decode.append(generation.timings_ms["decode"] / 32)
+        keystroke = [*prompt[:-3], 7 + run, 8, 9, 10, 11]
+        warm.append(engine.generate(keystroke, 1, end_id=-1).timings_ms["total"])
+        engine.cache.clear()
+        cold.append(engine.generate(keystroke, 1, end_id=-1).timings_ms["total"])
+    result |= {
+        "first_token_1000_ms": statistics.median(first),
+        "decode_ms": statistics.median(decode),
+        "warm_keystroke_ms": statistics.median(warm),
+        "cold_keystroke_ms": statistics.median(cold),
+        "peak_gb": torch.cuda.max_memory_allocated() / 1e9,
+    }
+    del engine
+    return result
+
+
+def full_size_table(folder: Path) -> list[str]:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     config = GPTNeoXConfig(
@@ -56,31 +133,22 @@ def full_size_timings(folder: Path) -> None:
         eos_token_id=0, tie_word_embeddings=False, **tiny_model.FULL,
     )  # fmt: skip
     with torch.device("cuda"):
-        GPTNeoXForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+        GPTNeoXForCausalLM(config).to(torch.float16).save_pretrained(folder)
     (folder / "tokenizer.json").write_text(tiny_model.fim_tokenizer_json())
-    torch.cuda.empty_cache()
-    random.seed(0)
-    prompt = [random.randrange(2, 50000) for _ in range(1000)]
-    keystroke = [*prompt[:-3], 7, 8, 9, 10, 11]
-    for quantization in ("int8", "none"):
-        torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        engine = load_engine(str(folder), VOCAB, device="cuda", quantization=quantization)
-        load_s = time.perf_counter() - started
-        engine.draft_tokens = 0
-        engine.generate(prompt[:100], 2, end_id=-1)  # warm-up
-        engine.cache.clear()
-        run = engine.generate(prompt, 33, end_id=-1)
-        warm = engine.generate(keystroke, 1, end_id=-1)
-        engine.cache.clear()
-        cold = engine.generate(keystroke, 1, end_id=-1)
-        print(
-            f"{quantization}: load {load_s:.1f} s, GPU peak {torch.cuda.max_memory_allocated() / 1e9:.2f} GB, "
-            f"prefill 1000 {run.timings_ms['prefill']:.0f} ms, decode {run.timings_ms['decode'] / 32:.1f} ms/token, "
-            f"keystroke to first token {warm.timings_ms['total']:.0f} ms warm, {cold.timings_ms['total']:.0f} ms cold"
+    lines = [
+        "| setup | load | GPU memory: loading peak, loaded, running peak | first token, 1,000-token prompt | decode per token "
+        "| keystroke, warm | keystroke, cold |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for quantization, backend in SETUPS:
+        r = timed_setup(folder, quantization, backend)
+        name = f"int8 {backend}" if backend else "fp16"
+        lines.append(
+            f"| {name} | {r['load_s']:.1f} s | {r['load_peak_gb']:.2f}, {r['loaded_gb']:.2f}, {r['peak_gb']:.2f} GB | {r['first_token_1000_ms']:.1f} ms "
+            f"| {r['decode_ms']:.1f} ms | {r['warm_keystroke_ms']:.1f} ms | {r['cold_keystroke_ms']:.1f} ms |"
         )
-        del engine
-        torch.cuda.empty_cache()
+        print(lines[-1], flush=True)
+    return lines
 
 
 def main() -> None:
@@ -88,14 +156,27 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--full", action="store_true", help="also time a full-size random model")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU visible to torch")
-    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    lines = [
+        "# CUDA check",
+        "",
+        f"{torch.cuda.get_device_name(0)}; "
+        + ", ".join(f"{key} {value}" for key, value in machine().items()),
+        "",
+        "Tiny random model:",
+    ]
     with tempfile.TemporaryDirectory() as scratch:
-        tiny_checks(tiny_model.build(Path(scratch) / "tiny"))
+        lines += tiny_checks(tiny_model.build(Path(scratch) / "tiny"))
+        print("\n".join(lines), flush=True)
         if args.full:
-            full_size_timings(Path(scratch) / "full")
+            lines += ["", "Random model with FIM-NeoX-1.3B's dimensions, medians of 5 runs:", ""]
+            lines += full_size_table(Path(scratch) / "full")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cuda-check.md").write_text("\n".join(lines) + "\n")
+    print(f"report: {args.out / 'cuda-check.md'}")
 
 
 if __name__ == "__main__":

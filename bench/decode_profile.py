@@ -2,9 +2,10 @@
 
     python bench/decode_profile.py [--model FOLDER] [--context 1000] [--blocks 6]
 
-Prefills `--context` tokens of real code for four setups (SETUPS): the engine's (the C int8 kernel,
-an fp16 KV cache read by the C attention kernel); the previous engine (torch's dynamic int8 layers,
-the same cache and attention); the fallback where the C kernels cannot run (torch's int8 layers,
+Prefills `--context` tokens of real code for five setups (SETUPS): the engine's (the C step: the C
+int8 kernel and an fp16 KV cache read by the C attention kernel, a few C calls per layer); the
+same kernels through transformers' modules (the previous engine); torch's dynamic int8 layers with
+the same cache and attention; the fallback where the C kernels cannot run (torch's int8 layers,
 an fp32 cache stored transposed, torch's eager attention); and transformers' defaults (torch's
 int8 layers, DynamicCache, sdpa). Then times blocks of one-token decode steps (no drafting) of
 each in turn, with a sample of the memory bandwidth after each round, so that every block is
@@ -55,27 +56,38 @@ KINDS = [
     ("gelu", "GELU"),
     ("embedding", "embedding"),
 ]
-# name -> (int8 linear layers; the cache format, or None for transformers' DynamicCache; attention)
-SETUPS: dict[str, tuple[str, CacheFormat | None, str]] = {
-    "fim-lsp: C int8 kernel; fp16 cache, C attention": (
+# name -> (int8 linear layers; the cache format, or None for transformers' DynamicCache; attention;
+# decode steps through cpu_step.CpuStep)
+SETUPS: dict[str, tuple[str, CacheFormat | None, str, bool]] = {
+    "fim-lsp: C step (C int8 kernel; fp16 cache, C attention)": (
         C_KERNEL,
         CacheFormat(torch.float16),
         KERNEL,
+        True,
     ),
-    "previous engine: torch int8 (fbgemm); fp16 cache, C attention": (
+    "previous engine: the same kernels through transformers' modules": (
+        C_KERNEL,
+        CacheFormat(torch.float16),
+        KERNEL,
+        False,
+    ),
+    "torch int8 (fbgemm); fp16 cache, C attention": (
         TORCH_DYNAMIC,
         CacheFormat(torch.float16),
         KERNEL,
+        False,
     ),
     "fallback without C kernels: torch int8; fp32 transposed cache, eager": (
         TORCH_DYNAMIC,
         CacheFormat(transposed=True),
         "eager",
+        False,
     ),
     "transformers' defaults: torch int8; DynamicCache (torch.cat), sdpa": (
         TORCH_DYNAMIC,
         None,
         "sdpa",
+        False,
     ),
 }
 OURS = next(iter(SETUPS))
@@ -99,11 +111,12 @@ def prefill(engines, prompt: list[int], setup: str) -> tuple[PromptCache, float,
 
 
 def use(engines, setup: str, cache: PromptCache):
-    """The engine of `setup`'s int8 layers, set up with its cache and attention."""
-    int8, _, implementation = SETUPS[setup]
-    engine = engines[int8]
+    """The engine of `setup`'s int8 layers, set up with its cache, attention and step."""
+    int8, _, implementation, step = SETUPS[setup]
+    engine, its_step = engines[int8]
     engine.cache = cache
     engine.model.set_attn_implementation(implementation)
+    engine.step = its_step if step else None
     return engine
 
 
@@ -116,11 +129,16 @@ def profile(engine, steps: int) -> tuple[dict[str, float], dict[str, float]]:
     for module, run_kernel in kernels.items():
         name = f"fim_lsp::{module.__name__.rpartition('.')[2]}"
         module.run_kernel = recorded(run_kernel, name)  # type: ignore[attr-defined]
+    if engine.step:  # the step calls the kernels itself
+        engine.step.linear = recorded(engine.step.linear, "fim_lsp::linear")
+        engine.step.attend = recorded(engine.step.attend, "fim_lsp::attention")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             token = int(torch.argmax(engine.forward([token])[-1]))
     for module, run_kernel in kernels.items():
         module.run_kernel = run_kernel  # type: ignore[attr-defined]
+    if engine.step:
+        del engine.step.linear, engine.step.attend
     by_kind: dict[str, float] = defaultdict(float)
     others: dict[str, float] = {}
     for event in prof.key_averages():
@@ -155,10 +173,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.model == RANDOM_MODEL and not (RANDOM_MODEL / "model.safetensors").is_file():
         tiny_model.build(RANDOM_MODEL, tiny_model.FULL, dtype="bfloat16")
-    engines = {
-        int8: load_engine(str(args.model), 50280, "cpu", "int8", int8_backend=int8)
-        for int8 in (C_KERNEL, TORCH_DYNAMIC)
-    }
+    engines = {}  # int8 backend -> (engine, its step)
+    for int8 in (C_KERNEL, TORCH_DYNAMIC):
+        engine = load_engine(str(args.model), 50280, "cpu", "int8", int8_backend=int8)
+        engines[int8] = (engine, engine.step)
     tokenizer = Tokenizer.from_file(str(args.model / "tokenizer.json"))
     prompt = tokenizer.encode(SOURCE.read_text()).ids[: args.context]
 
@@ -209,7 +227,7 @@ def main() -> None:
     result = {
         "machine": machine(),
         "model": os.path.relpath(args.model, ROOT),
-        "precision": engines[C_KERNEL].precision.reason,
+        "precision": engines[C_KERNEL][0].precision.reason,
         "context": len(prompt),
         "blocks": args.blocks,
         "block_steps": args.block_steps,

@@ -136,6 +136,24 @@ def test_int8_through_the_c_kernel_on_cpu(tiny_model_dir):
     assert len(engine.generate(PROMPT, 4, end_id=-1).ids) == 4
 
 
+def test_int8_with_weight_only_layers(tiny_model_dir):
+    """The GPU's int8 layers, here on the CPU: every linear layer replaced, reuse as a cold run."""
+    from fim_lsp.engine.linear import WeightOnlyInt8Linear
+
+    warm, cold = (
+        load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", reuse, int8_backend="weight-only")
+        for reuse in (True, False)
+    )
+    modules = list(warm.model.modules())
+    assert sum(isinstance(m, WeightOnlyInt8Linear) for m in modules) == 2 * 4 + 1
+    assert not any(type(m) is torch.nn.Linear for m in modules)
+    warm.generate(PROMPT, 8, end_id=-1)
+    typed = [*PROMPT[:-1], 13, 340, 50279]
+    generation = warm.generate(typed, 8, end_id=-1)
+    assert generation.cached_tokens == len(PROMPT) - 1
+    assert generation.ids == cold.generate(typed, 8, end_id=-1).ids
+
+
 def test_int8_engine_keeps_keys_and_values_in_fp16_and_reuse_matches_a_cold_run(tiny_model_dir):
     warm, cold = (
         load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", reuse, int8_backend="c-kernel")
@@ -154,6 +172,13 @@ def test_cpu_int8_backend_is_chosen_by_measurement():
     precision = choose_precision("cpu", "int8")
     assert precision.int8 in ("bitsandbytes", "c-kernel")
     assert "GOP/s" in precision.reason
+
+
+def test_weight_only_is_timed_against_bitsandbytes():
+    from fim_lsp.engine.precision import int8_rates
+
+    rates = int8_rates("weight-only", "cpu", torch.float32, tokens=2, width=64)
+    assert set(rates) == {"weight-only", "bitsandbytes"} and min(rates.values()) > 0
 
 
 def test_without_the_c_kernel_int8_runs_on_torch_dynamic_and_says_why(monkeypatch):

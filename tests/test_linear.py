@@ -1,11 +1,12 @@
-"""The C int8 kernel against the same quantization computed in float64."""
+"""The C int8 kernel against the same quantization computed in float64; the GPU's weight-only
+layer against its dequantized weights."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fim_lsp.engine.linear import Int8Linear, quantize
+from fim_lsp.engine.linear import Int8Linear, WeightOnlyInt8Linear, per_channel, quantize
 
 
 def quantized_reference(layer: Int8Linear, weight, bias, x):
@@ -88,3 +89,32 @@ def test_quantizing_in_slices_gives_the_same_weights():
 
 def test_no_tokens_give_an_empty_result():
     assert Int8Linear(torch.randn(16, 8), None)(torch.empty(0, 8)).shape == (0, 16)
+
+
+def test_per_channel_maps_each_rows_largest_magnitude_to_127():
+    rows = torch.tensor([[0.5, -2.0, 1.0], [0.0, 0.0, 0.0], [3.0, 0.1, -0.2]])
+    values, step = per_channel(rows)
+    assert values.dtype == torch.int8
+    assert values.tolist() == [[32, -127, 64], [0, 0, 0], [127, 4, -8]]
+    torch.testing.assert_close(step, torch.tensor([2 / 127, 1.0, 3 / 127]))
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_weight_only_layer_is_the_product_with_its_dequantized_weights(with_bias):
+    generator = torch.Generator().manual_seed(2)
+    weight = torch.randn(48, 80, generator=generator)
+    bias = torch.randn(48, generator=generator) if with_bias else None
+    layer = WeightOnlyInt8Linear(weight, bias)
+    assert layer.weight.dtype == torch.int8  # a byte per weight is kept, not fp32
+    x = torch.randn(2, 5, 80, generator=generator)
+    values, step = per_channel(weight)
+    expected = torch.nn.functional.linear(x, values.float() * step[:, None], bias)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-6, atol=1e-6)
+    exact = torch.nn.functional.linear(x, weight, bias)
+    assert (layer(x) - exact).norm() / exact.norm() < 0.02
+
+
+def test_weight_only_layer_computes_in_its_weights_dtype():
+    layer = WeightOnlyInt8Linear(torch.randn(16, 32).to(torch.bfloat16), torch.randn(16))
+    out = layer(torch.randn(3, 32, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and out.shape == (3, 16)

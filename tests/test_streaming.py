@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from fim_lsp.engine.errors import EngineError
-from fim_lsp.engine.precision import C_KERNEL, TORCH_DYNAMIC, quantize_linear
+from fim_lsp.engine.precision import C_KERNEL, TORCH_DYNAMIC, WEIGHT_ONLY, quantize_linear
 from fim_lsp.engine.streaming import load_int8_by_module
 
 IDS = torch.tensor([[50277, 32488, 535, 50274, 18891, 50278, 1545, 4868, 9, 89, 50279]])
@@ -43,13 +43,21 @@ def pickle_model_dir(tiny_model_dir, tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("int8", [C_KERNEL, TORCH_DYNAMIC])
+@pytest.mark.parametrize("int8", [C_KERNEL, TORCH_DYNAMIC, WEIGHT_ONLY])
 def test_streamed_int8_model_is_the_from_pretrained_one_quantized(tiny_model_dir, int8):
     config = AutoConfig.from_pretrained(tiny_model_dir)
     streamed = load_int8_by_module(tiny_model_dir, config, int8)
     assert not any(p.is_meta for p in streamed.parameters())
     assert not any(type(m) is torch.nn.Linear for m in streamed.modules())
     assert torch.equal(logits(streamed), logits(reference(tiny_model_dir, int8)))
+
+
+def test_streamed_model_takes_the_dtype_asked_for(tiny_model_dir):
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    streamed = load_int8_by_module(tiny_model_dir, config, WEIGHT_ONLY, "cpu", torch.bfloat16)
+    assert {p.dtype for p in streamed.parameters()} == {torch.bfloat16}  # norms, embedding
+    assert {b.dtype for n, b in streamed.named_buffers() if n.endswith("scale")} == {torch.bfloat16}
+    assert logits(streamed).dtype == torch.bfloat16
 
 
 def test_pickle_checkpoints_load_the_same(tiny_model_dir, pickle_model_dir):

@@ -107,3 +107,47 @@ ATTEND_ONE(attend_one_f16, uint16_t, load8_f16)
 /* Each returns 0, or -1 for arguments it does not take (the caller then uses torch). */
 ATTEND(fim_attend_f32, float, attend_one_f32)
 ATTEND(fim_attend_f16, uint16_t, attend_one_f16)
+
+/* GPT-NeoX's rotary embedding on the new tokens' queries and keys, then their keys and values
+ * into an fp16 cache, for a decode step (one call instead of some twenty torch operators).
+ *   qkv [new][heads][3][dim] fp32: the fused projection's output
+ *   cos, sin [new][rotary]: the model's tables for the tokens' positions (halves repeated)
+ *   query [heads][new][dim] fp32 out, as the attention above reads it
+ *   keys, values: the cache's layout above; the new tokens go at past .. past + new - 1
+ * The first `rotary` dims of each head turn; the rest pass. Computed as transformers computes
+ * it (x * cos + rotate_half(x) * sin, rounded after each operation, fp16 rounded to nearest
+ * even), so the cache holds the same values either way. */
+__attribute__((optimize("fp-contract=off")))
+int fim_rope_store(const float *qkv, int new_tokens, int heads, int dim, int rotary,
+                   const float *cos, const float *sin, float *query, uint16_t *keys,
+                   uint16_t *values, long head_stride, int past) {
+    if (dim % 8 || dim > MAX_DIM || rotary % 2 || rotary > dim || new_tokens < 1 || past < 0)
+        return -1;
+    const int half = rotary / 2;
+    float turned[MAX_DIM];
+    for (int t = 0; t < new_tokens; t++) {
+        const float *c = cos + (long)t * rotary, *s = sin + (long)t * rotary;
+        for (int h = 0; h < heads; h++) {
+            const float *q = qkv + ((long)t * heads + h) * 3 * dim, *k = q + dim, *v = k + dim;
+            const long at = h * head_stride + (long)(past + t) * dim;
+            float *q_out = query + ((long)h * new_tokens + t) * dim;
+            for (int i = 0; i < dim; i++) q_out[i] = q[i];
+            for (int i = 0; i < half; i++) {
+                q_out[i] = q[i] * c[i] + -q[i + half] * s[i];
+                q_out[i + half] = q[i + half] * c[i + half] + q[i] * s[i + half];
+            }
+            for (int i = 0; i < dim; i++) turned[i] = k[i];
+            for (int i = 0; i < half; i++) {
+                turned[i] = k[i] * c[i] + -k[i + half] * s[i];
+                turned[i + half] = k[i + half] * c[i + half] + k[i] * s[i + half];
+            }
+            for (int i = 0; i < dim; i += 8) {
+                _mm_storeu_si128((__m128i *)(keys + at + i),
+                                 _mm256_cvtps_ph(_mm256_loadu_ps(turned + i), _MM_FROUND_TO_NEAREST_INT));
+                _mm_storeu_si128((__m128i *)(values + at + i),
+                                 _mm256_cvtps_ph(_mm256_loadu_ps(v + i), _MM_FROUND_TO_NEAREST_INT));
+            }
+        }
+    }
+    return 0;
+}

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fim_lsp.engine.attention import choose_attention
+from fim_lsp.engine.attention import KERNEL_MAX_NEW_TOKENS, choose_attention
+from fim_lsp.engine.cpu_step import CpuStep
 from fim_lsp.engine.errors import EngineError
 from fim_lsp.engine.kv_cache import PromptCache
 from fim_lsp.engine.precision import Precision
@@ -53,6 +54,10 @@ class Engine:
         # "heuristic" schedule), so that drafts the model keeps rejecting stay short and cheap.
         self.draft_length = max(1, draft_tokens)  # drafting turned on later starts from here
         self.cache = PromptCache(self.attention.cache)
+        # A few new tokens after cached ones (decode steps, drafts, keystrokes) skip
+        # transformers' modules where the C kernels run the whole layer.
+        self.step_problem = CpuStep.problem(model, self.attention)
+        self.step = None if self.step_problem else CpuStep(model)
         self.drafted = self.accepted = 0  # running totals
 
     @torch.inference_mode()
@@ -81,12 +86,14 @@ class Engine:
         try:
             cached = self.cache.keep(prompt)
             logits = self.prefill(prompt[cached:], cancel)
+            # Sampling waits for a GPU's queued work: prefill's time ends with its first token.
+            first = None if logits is None else self.sample(logits[-1], temperature, generator)
             prefilled_at = time.perf_counter()
-            if logits is None:
+            if first is None:
                 stop_reason = "cancelled"
             else:
                 stop_reason = self.decode(
-                    prompt, generated, self.sample(logits[-1], temperature, generator),
+                    prompt, generated, first,
                     max_new_tokens, end_id, temperature, generator, should_stop, cancel,
                 )  # fmt: skip
         except BaseException as error:
@@ -98,7 +105,7 @@ class Engine:
                 ) from error
             raise
         finished = time.perf_counter()
-        prefill_end = prefilled_at if logits is not None else finished
+        prefill_end = prefilled_at if first is not None else finished
         timings = {
             "prefill": (prefill_end - started) * 1000,
             "decode": (finished - prefill_end) * 1000,
@@ -185,13 +192,17 @@ class Engine:
         return logits
 
     def forward(self, ids: list[int], keep: int = 1) -> torch.Tensor:
-        # input_ids: [1, n] -> logits: [keep, vocab] for the last `keep` positions
-        input_ids = torch.tensor([ids], device=self.device)
-        out = self.model(
-            input_ids=input_ids, cache=self.cache.kv, use_cache=True, logits_to_keep=keep
-        )
+        # ids -> logits: [keep, vocab] for the last `keep` positions
+        if self.step and self.cache.ids and len(ids) <= KERNEL_MAX_NEW_TOKENS:
+            logits = self.step(self.cache.kv, ids, keep)
+        else:
+            input_ids = torch.tensor([ids], device=self.device)
+            out = self.model(
+                input_ids=input_ids, cache=self.cache.kv, use_cache=True, logits_to_keep=keep
+            )
+            logits = out.logits[0]
         self.cache.ids.extend(ids)
-        return out.logits[0, :, : self.vocab_size].float()
+        return logits[:, : self.vocab_size].float()
 
     def sample(
         self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None

@@ -48,27 +48,33 @@ class GrowingLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
             self.key_buffer = self.value_buffer = key_states[..., :0, :]
-        length = self.get_seq_length()
-        end = length + key_states.shape[-2]
-        if end > self.key_buffer.shape[-2]:
-            self.key_buffer = self.grown(self.key_buffer, key_states, length, end)
-            self.value_buffer = self.grown(self.value_buffer, value_states, length, end)
-        self.key_buffer[..., length:end, :] = key_states  # converted to the buffer's dtype
-        self.value_buffer[..., length:end, :] = value_states
-        self.keys = self.key_buffer[..., :end, :]
-        self.values = self.value_buffer[..., :end, :]
+        start = self.extend(key_states.shape[-2])
+        self.keys[..., start:, :] = key_states  # converted to the buffer's dtype
+        self.values[..., start:, :] = value_states
         return self.keys, self.values
 
-    def grown(self, buffer: torch.Tensor, new: torch.Tensor, length: int, end: int) -> torch.Tensor:
+    def extend(self, count: int) -> int:
+        """Room for `count` more tokens, counted in from now on; returns where they start.
+        `update` writes them; the CPU decode step (cpu_step.py) writes them in C."""
+        start = self.get_seq_length()
+        end = start + count
+        if end > self.key_buffer.shape[-2]:
+            self.key_buffer = self.grown(self.key_buffer, start, end)
+            self.value_buffer = self.grown(self.value_buffer, start, end)
+        self.keys = self.key_buffer[..., :end, :]
+        self.values = self.value_buffer[..., :end, :]
+        return start
+
+    def grown(self, buffer: torch.Tensor, length: int, end: int) -> torch.Tensor:
         """A buffer in the cache's format with room for at least twice `end` tokens, holding the
         first `length` of `buffer`; seen, like all buffers here, in the usual shape."""
-        batch, heads, _, dim = new.shape
+        batch, heads, _, dim = buffer.shape
         capacity = max(2 * end, 256)
-        dtype = self.form.dtype or new.dtype
+        dtype = self.form.dtype or buffer.dtype
         if self.form.transposed:
-            bigger = new.new_empty((batch, heads, dim, capacity), dtype=dtype).mT
+            bigger = buffer.new_empty((batch, heads, dim, capacity), dtype=dtype).mT
         else:
-            bigger = new.new_empty((batch, heads, capacity, dim), dtype=dtype)
+            bigger = buffer.new_empty((batch, heads, capacity, dim), dtype=dtype)
         if length:
             bigger[..., :length, :] = buffer[..., :length, :]
         return bigger

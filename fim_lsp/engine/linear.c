@@ -13,6 +13,8 @@
  *
  * Layouts:
  *   x [m][k] fp32, y [m][n] fp32, bias [n] fp32 or NULL
+ *   then_add, and_add [m][n] fp32 or NULL: added to y in that order, after the bias (a decode
+ *   step's residual sums: rounded as transformers rounds `mlp + attention + hidden`)
  *   weights packed [ceil(n/16)][ceil(k/4)][16][4] int8: for 4 consecutive inputs, 16 outputs'
  *   weights in 64 bytes, zero where the padding runs past n or k; w_scale [n], w_sum [n] (the
  *   sum of each output's int8 weights, for the activations' zero point).
@@ -91,6 +93,7 @@ typedef struct {
     const float *w_scale, *bias;
     const int32_t *w_sum;
     float *y;
+    const float *then_add, *and_add;
 } Job;
 
 /* y for tokens t0 .. t0 + rows - 1 and panel p: undo both zero points and scales, add bias. */
@@ -118,7 +121,12 @@ static inline __attribute__((always_inline)) void panel_rows(const Job *job, con
                                            _mm256_loadu_ps(scales + 8 * h));
             _mm256_storeu_ps(out + 8 * h, _mm256_add_ps(f, _mm256_loadu_ps(biases + 8 * h)));
         }
-        memcpy(job->y + (long)t * job->n + first, out, sizeof(float) * width);
+        const long at = (long)t * job->n + first;
+        if (job->then_add)
+            for (int j = 0; j < width; j++) out[j] += job->then_add[at + j];
+        if (job->and_add)
+            for (int j = 0; j < width; j++) out[j] += job->and_add[at + j];
+        memcpy(job->y + at, out, sizeof(float) * width);
     }
 }
 
@@ -132,10 +140,10 @@ static void run_panel(const Job *job, int m, int p, const int8_t *panel) {
     }
 }
 
-/* y = x W^T + bias. Returns 0, or 1 when scratch memory cannot be had. */
+/* y = x W^T + bias (+ then_add + and_add). Returns 0, or 1 when scratch memory cannot be had. */
 int fim_linear_i8(const float *x, int m, int k, int n, const int8_t *weights,
                   const float *w_scale, const int32_t *w_sum, const float *bias, float *y,
-                  int threads) {
+                  const float *then_add, const float *and_add, int threads) {
     const int kp = (k + 3) / 4 * 4, panels = (n + 15) / 16;
     if (m == 0) return 0;
     uint8_t *q = aligned_alloc(64, ((size_t)m * kp + 63) / 64 * 64);
@@ -145,7 +153,7 @@ int fim_linear_i8(const float *x, int m, int k, int n, const int8_t *weights,
         free(q), free(a_scale), free(a_zero);
         return 1;
     }
-    const Job job = {k, kp, n, q, a_scale, a_zero, w_scale, bias, w_sum, y};
+    const Job job = {k, kp, n, q, a_scale, a_zero, w_scale, bias, w_sum, y, then_add, and_add};
     #pragma omp parallel num_threads(threads)
     {
         #pragma omp for schedule(static)

@@ -1,12 +1,16 @@
-"""int8 linear layers for a CPU: weights quantized once at load, run by the C kernel `linear.c`.
+"""int8 linear layers: for a CPU run by the C kernel `linear.c`, for a GPU weight-only.
 
-Decoding reads every weight once per token, so it runs at the speed the weights stream from
-memory. Measured on 97 layers of FIM-NeoX-1.3B's shapes, one token (bench/reports/
+Weights are quantized once at load, symmetric, one scale per output channel.
+
+On a CPU, decoding reads every weight once per token, so it runs at the speed the weights stream
+from memory. Measured on 97 layers of FIM-NeoX-1.3B's shapes, one token (bench/reports/
 decode-profile-2026-11-26-int8-kernel.md): the kernel at 1.15-1.2x the time a plain sum takes to
 read the same bytes, torch's dynamic int8 layers (fbgemm) at 1.25-1.4x. For prefill it is as fast
 as fbgemm. It also quantizes each token's activations on their own (fbgemm: one scale per call),
 so a token's output is the same alone or in a batch, which keeps speculative decoding exact, and
 its weights have one scale per output channel (fbgemm's default: one per matrix).
+
+On a GPU, `WeightOnlyInt8Linear`: int8 weights, computed in fp16.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def run_kernel(library: ctypes.CDLL, layer: Int8Linear, x: torch.Tensor) -> torc
         rows.data_ptr(), rows.shape[0], layer.in_features, layer.out_features,
         layer.packed.data_ptr(), layer.scale.data_ptr(), layer.sums.data_ptr(),
         None if layer.bias is None else layer.bias.data_ptr(), out.data_ptr(),
-        torch.get_num_threads(),
+        None, None, torch.get_num_threads(),
     )  # fmt: skip
     if failed:
         raise MemoryError(f"no memory to quantize activations of shape {tuple(x.shape)}")
@@ -71,16 +75,51 @@ def quantize(weight: torch.Tensor, rows_at_once: int = 4096):
     scale = torch.empty(outputs)
     sums = torch.empty(outputs, dtype=torch.int32)
     for start in range(0, outputs, rows_at_once):  # a multiple of PANEL: whole panels each time
-        rows = weight[start : start + rows_at_once].float()
-        largest = rows.abs().amax(dim=1)
-        step = (largest / 127).masked_fill_(largest == 0, 1.0)
-        q = torch.zeros(-(-len(rows) // PANEL) * PANEL, padded, dtype=torch.int8)
-        q[: len(rows), :inputs] = torch.round(rows / step[:, None]).clamp_(-127, 127)
-        scale[start : start + len(rows)] = step
-        sums[start : start + len(rows)] = q[: len(rows)].sum(dim=1, dtype=torch.int32)
+        values, step = per_channel(weight[start : start + rows_at_once])
+        rows = len(values)
+        q = torch.zeros(-(-rows // PANEL) * PANEL, padded, dtype=torch.int8)
+        q[:rows, :inputs] = values
+        scale[start : start + rows] = step
+        sums[start : start + rows] = q[:rows].sum(dim=1, dtype=torch.int32)
         panels = q.view(-1, PANEL, padded // GROUP, GROUP).transpose(1, 2)
         packed[start // PANEL : start // PANEL + len(panels)] = panels
     return packed, scale, sums
+
+
+def per_channel(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's int8 values and fp32 step: symmetric, its largest magnitude maps to 127."""
+    rows = rows.float()
+    largest = rows.abs().amax(dim=1)
+    step = (largest / 127).masked_fill_(largest == 0, 1.0)
+    return torch.round(rows / step[:, None]).clamp_(-127, 127).to(torch.int8), step
+
+
+class WeightOnlyInt8Linear(torch.nn.Module):
+    """y = x W^T + b with W kept in int8 (one scale per output) and widened to x's dtype for each
+    product, for a GPU. A decode step there is bound by kernel launches more than by reading
+    weights, so this runs near fp16's speed with half its memory; bitsandbytes' LLM.int8, which
+    also quantizes the activations, decoded 10x slower than fp16 on an H100 (bench/cuda_check.py).
+    Activations stay in full precision, so a token's output does not depend on its batch's other
+    tokens through quantization."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        values, step = per_channel(weight)
+        self.register_buffer("weight", values)
+        self.register_buffer("scale", step[:, None].to(weight.dtype))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(weight.dtype))
+
+    @classmethod
+    def from_float(cls, layer: torch.nn.Linear) -> WeightOnlyInt8Linear:
+        return cls(layer.weight.detach(), layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # int8 times the scale's dtype promotes to that dtype: one kernel widens and scales.
+        return torch.nn.functional.linear(x, self.weight * self.scale, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
 
 
 def kernel_problem() -> str | None:
@@ -93,7 +132,7 @@ def load_kernel() -> ctypes.CDLL:
     """The C library with the int8 kernel declared and checked; raises NativeError."""
     library = load_library()
     pointer, number = ctypes.c_void_p, ctypes.c_int
-    library.fim_linear_i8.argtypes = [pointer, number, number, number, *[pointer] * 5, number]
+    library.fim_linear_i8.argtypes = [pointer, number, number, number, *[pointer] * 7, number]
     library.fim_linear_i8.restype = ctypes.c_int
     check(library)
     return library

@@ -17,6 +17,7 @@ from fim_lsp.engine.precision import (
     BITSANDBYTES,
     C_KERNEL,
     TORCH_DYNAMIC,
+    WEIGHT_ONLY,
     Precision,
     choose_precision,
 )
@@ -137,9 +138,11 @@ def load_weights(folder: Path, precision: Precision, trained_context: int | None
         config.max_position_embeddings = trained_context
     try:
         with freed_memory_returned():
-            if precision.int8 in (C_KERNEL, TORCH_DYNAMIC):
+            if precision.int8 in (C_KERNEL, TORCH_DYNAMIC, WEIGHT_ONLY):
                 # peak memory near the 8-bit size
-                model = load_int8_by_module(folder, config, precision.int8)
+                model = load_int8_by_module(
+                    folder, config, precision.int8, precision.device, precision.dtype
+                )
             else:
                 bitsandbytes = precision.int8 == BITSANDBYTES
                 model = AutoModelForCausalLM.from_pretrained(

@@ -1,9 +1,11 @@
 """Device, dtype and quantization: decided in exactly one function, from explicit settings.
 
-int8 on CUDA is bitsandbytes (`load_in_8bit`). On a CPU which int8 path is fast depends on the
-processor, so `choose_precision` times the candidates on a small matrix and keeps the faster one:
-- our C kernel (`linear.py`, AVX2): decodes faster than torch's dynamic int8 layers, and is as
-  fast for prefill (about 200-250 GOP/s on 2 cores of an AVX2-only AMD EPYC);
+Which int8 path is fast depends on the device and the processor, so `choose_precision` times the
+candidates on a small matrix and keeps the faster one.
+- CUDA: int8 weights computed in fp16 (`linear.WeightOnlyInt8Linear`), against bitsandbytes'
+  LLM.int8, which quantizes activations too and decoded 10x slower than fp16 on an H100.
+- CPU: our C kernel (`linear.py`, AVX2): decodes faster than torch's dynamic int8 layers, and is
+  as fast for prefill (about 200-250 GOP/s on 2 cores of an AVX2-only AMD EPYC);
 - where it cannot run (no compiler, no AVX2): torch's dynamic int8 layers (fbgemm; about 100
   GOP/s on that EPYC). `torch.ao.quantization` is deprecated, but no maintained int8 path is as
   fast on CPU (torchao's eager int8 was 10x slower here);
@@ -25,13 +27,14 @@ from fim_lsp.engine import linear
 from fim_lsp.engine.errors import EngineError
 
 BITSANDBYTES, TORCH_DYNAMIC, C_KERNEL = "bitsandbytes", "torch-dynamic", "c-kernel"
+WEIGHT_ONLY = "weight-only"
 
 
 @dataclass(frozen=True)
 class Precision:
     device: str  # "cpu" or "cuda"
     dtype: torch.dtype  # of everything that is not an 8-bit matrix
-    int8: str | None  # which int8 linear layers: C_KERNEL, TORCH_DYNAMIC, BITSANDBYTES, or None
+    int8: str | None  # which int8 linear layers: one of the names above, or None
     reason: str
 
     @property
@@ -42,7 +45,7 @@ class Precision:
 def choose_precision(device: str, quantization: str, int8: str | None = None) -> Precision:
     """The one place where device, dtype and quantization are decided, from explicit settings.
 
-    `int8` forces one CPU backend (for tests and benchmarks); by default the faster one wins.
+    `int8` forces one backend (for tests and benchmarks); by default the faster one wins.
     """
     cuda = torch.cuda.is_available()
     if device == "cuda" and not cuda:
@@ -55,26 +58,36 @@ def choose_precision(device: str, quantization: str, int8: str | None = None) ->
     dtype = torch.float16 if target == "cuda" else torch.float32
     if quantization == "none":
         return Precision(target, dtype, None, f"quantization none: {dtype} weights on {target}")
-    if target == "cuda" or int8 == BITSANDBYTES:
+    if int8 == BITSANDBYTES:
         if problem := int8_problem(target):
             raise EngineError(f"{problem}; or set quantization to none (about 4x the memory)")
         quiet_bitsandbytes()
         return Precision(
             target, dtype, BITSANDBYTES, f"8-bit bitsandbytes linear layers on {target}"
         )
-    kernel_problem = linear.kernel_problem()
-    if int8 == C_KERNEL and kernel_problem:
-        raise EngineError(f"the C int8 kernel cannot run here: {kernel_problem}")
-    if int8 in (C_KERNEL, TORCH_DYNAMIC):
-        return Precision("cpu", dtype, int8, f"8-bit {int8} linear layers on cpu")
-    rates = int8_rates(TORCH_DYNAMIC if kernel_problem else C_KERNEL)
+    if int8 == WEIGHT_ONLY:
+        return Precision(target, dtype, int8, f"8-bit {int8} linear layers on {target}")
+    if target == "cuda":
+        if int8 is not None:
+            raise EngineError(f"the {int8} int8 layers run on a CPU only")
+        ours, missing = WEIGHT_ONLY, None
+    else:
+        missing = linear.kernel_problem()
+        if int8 == C_KERNEL and missing:
+            raise EngineError(f"the C int8 kernel cannot run here: {missing}")
+        if int8 in (C_KERNEL, TORCH_DYNAMIC):
+            return Precision("cpu", dtype, int8, f"8-bit {int8} linear layers on cpu")
+        ours = TORCH_DYNAMIC if missing else C_KERNEL
+    rates = int8_rates(ours, target, dtype)
     best = max(rates, key=lambda name: rates[name])
     measured = ", ".join(f"{name} {rate:.1f} GOP/s" for name, rate in rates.items())
-    if kernel_problem:
-        measured += f"; no C kernel: {kernel_problem}"
+    if missing:
+        measured += f"; no C kernel: {missing}"
     if best == BITSANDBYTES:
         quiet_bitsandbytes()
-    return Precision("cpu", dtype, best, f"8-bit {best} linear layers on cpu (measured {measured})")
+    return Precision(
+        target, dtype, best, f"8-bit {best} linear layers on {target} (measured {measured})"
+    )
 
 
 def quiet_bitsandbytes() -> None:
@@ -97,18 +110,24 @@ def int8_problem(device: str) -> str | None:
     return None
 
 
-def int8_rates(ours: str, tokens: int = 16, width: int = 1024) -> dict[str, float]:
-    """GOP/s of `ours` (C_KERNEL or TORCH_DYNAMIC) and of bitsandbytes where it works, on a
-    [tokens, width] x [width, width] product (about 0.1 s in all, even where one path is slow)."""
-    x = torch.randn(tokens, width)
+def int8_rates(
+    ours: str,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    tokens: int = 16,
+    width: int = 1024,
+) -> dict[str, float]:
+    """GOP/s of `ours` and of bitsandbytes where it works, on a [tokens, width] x [width, width]
+    product on `device` (about 0.1 s in all, even where one path is slow)."""
+    x = torch.randn(tokens, width, device=device, dtype=dtype)
     layers: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        ours: quantize_linear(torch.nn.Linear(width, width), ours)
+        ours: quantize_linear(torch.nn.Linear(width, width, device=device, dtype=dtype), ours)
     }
-    if int8_problem("cpu") is None:
+    if int8_problem(device) is None:
         import bitsandbytes as bnb
 
         quiet_bitsandbytes()
-        layers[BITSANDBYTES] = bnb.nn.Linear8bitLt(width, width, has_fp16_weights=False).to("cpu")
+        layers[BITSANDBYTES] = bnb.nn.Linear8bitLt(width, width, has_fp16_weights=False).to(device)
     # Interleaved, best of five: other work on the machine slows single runs, never speeds them
     # up, and a busy moment at startup must not pick a backend 20x slower for the whole session.
     times: dict[str, list[float]] = {name: [] for name in layers}
@@ -119,14 +138,18 @@ def int8_rates(ours: str, tokens: int = 16, width: int = 1024) -> dict[str, floa
             for name, layer in layers.items():
                 started = time.perf_counter()
                 layer(x)
+                if device == "cuda":
+                    torch.cuda.synchronize()  # the GPU's work, not just its launch
                 times[name].append(time.perf_counter() - started)
     return {name: 2 * tokens * width * width / min(runs) / 1e9 for name, runs in times.items()}
 
 
 def quantize_linear(layer: torch.nn.Linear, int8: str) -> torch.nn.Module:
-    """The int8 version of `layer` for CPU backend `int8` (C_KERNEL or TORCH_DYNAMIC)."""
+    """The int8 version of `layer` for backend `int8` (C_KERNEL, TORCH_DYNAMIC or WEIGHT_ONLY)."""
     if int8 == C_KERNEL:
         return linear.Int8Linear.from_float(layer)
+    if int8 == WEIGHT_ONLY:
+        return linear.WeightOnlyInt8Linear.from_float(layer)
     # torch's dynamic int8: activations quantized per call.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # see the module docstring

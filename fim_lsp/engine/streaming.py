@@ -1,4 +1,4 @@
-"""Loading a checkpoint into CPU int8 layers one module at a time.
+"""Loading a checkpoint into our int8 layers one module at a time.
 
 `from_pretrained` maps the whole checkpoint file, and every page that quantizing reads stays
 resident until loading ends: the peak was the half-precision checkpoint plus the int8 model (5.3 GB
@@ -19,9 +19,11 @@ from fim_lsp.engine.errors import EngineError
 from fim_lsp.engine.precision import quantize_linear
 
 
-def load_int8_by_module(folder: Path, config, int8: str) -> torch.nn.Module:
-    """The model of `config` with the weights in `folder`: linear layers in CPU int8 backend `int8`
-    (precision.C_KERNEL or TORCH_DYNAMIC), the rest fp32."""
+def load_int8_by_module(
+    folder: Path, config, int8: str, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
+    """The model of `config` with the weights in `folder` on `device`: linear layers in int8
+    backend `int8` (precision.C_KERNEL, TORCH_DYNAMIC or WEIGHT_ONLY), the rest in `dtype`."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
@@ -36,13 +38,17 @@ def load_int8_by_module(folder: Path, config, int8: str) -> torch.nn.Module:
             continue
         prefix = f"{name}." if name else ""
         tensors = checkpoint.read([prefix + parameter for parameter in own])
+        linear = type(module) is torch.nn.Linear
         for parameter in own:
-            weight = torch.nn.Parameter(tensors[prefix + parameter], requires_grad=False)
+            # Linear layers are quantized on the CPU: the device never holds them unquantized.
+            tensor = tensors[prefix + parameter].to("cpu" if linear else device, dtype)
+            weight = torch.nn.Parameter(tensor, requires_grad=False)
             setattr(module, parameter, weight)
-        if type(module) is torch.nn.Linear:
+        if linear:
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, quantize_linear(module, int8))
-    return model
+            quantized = quantize_linear(module, int8).to(device)
+            setattr(model.get_submodule(parent), child, quantized)
+    return model.to(device)  # the buffers (rotary tables) too
 
 
 class Checkpoint:

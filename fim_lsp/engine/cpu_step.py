@@ -1,0 +1,181 @@
+"""A forward pass of a few new tokens on a CPU, in a handful of C calls per layer.
+
+transformers' GPT-NeoX layer runs about forty torch operators per layer for one new token (the
+rotary embedding by slicing and concatenating, the cache write, reshapes and views, the residual
+sums), each with its own dispatch and Python: 14-16 ms of a 100-120 ms decode step on a 2-core
+CPU, where only reading the weights and the cache has to take time. Here each layer is two layer
+norms and a GELU (torch's, so that the numbers stay the same) and five C calls: the int8 linear
+kernel four times, the last of which also adds the residuals, and one call that applies the
+rotary embedding and writes keys and values into the fp16 cache (`fim_rope_store`), then the
+attention kernel. The logits are bit for bit those of transformers' modules (tested), so a cached
+or cold run, with or without drafts, gives the same tokens whichever path ran.
+
+It runs decode steps, draft checks and warm keystrokes (up to KERNEL_MAX_NEW_TOKENS new tokens
+after cached ones) when the C kernels run the model: int8 through `linear.c`, attention through
+`attention.c` on an fp16 cache, and a GPT-NeoX with parallel residuals. Prefill goes through
+transformers' modules.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+from transformers.cache_utils import Cache
+
+from fim_lsp.engine.attention import KERNEL, AttentionPlan
+from fim_lsp.engine.attention import load_kernel as load_attention
+from fim_lsp.engine.kv_cache import GrowingLayer
+from fim_lsp.engine.linear import Int8Linear
+from fim_lsp.engine.linear import load_kernel as load_linear
+from fim_lsp.engine.native import NativeError, problem
+
+
+class CpuStep:
+    """The model's forward pass for a few new tokens after the cached ones."""
+
+    def __init__(self, model):
+        self.model = model
+        attention = model.gpt_neox.layers[0].attention
+        self.width = model.config.hidden_size
+        self.heads = model.config.num_attention_heads
+        self.head_dim = attention.head_size
+        self.rotary = attention.rotary_ndims
+        self.scaling = attention.scaling
+        self.library = load_kernel()
+
+    @staticmethod
+    def problem(model, plan: AttentionPlan) -> str | None:
+        """Why this step cannot run `model` with attention `plan`, or None."""
+        config = model.config
+        if config.model_type != "gpt_neox" or not config.use_parallel_residual:
+            return f"a {config.model_type} model without GPT-NeoX's parallel residuals"
+        if config.hidden_act != "gelu":
+            return f"activation {config.hidden_act}"
+        if plan.implementation != KERNEL or plan.cache.dtype != torch.float16:
+            return "attention is not the C kernel on an fp16 cache"
+        if not all(isinstance(m, Int8Linear) for m in linear_layers(model)):
+            return "the linear layers are not the C int8 kernel's"
+        return problem(load_kernel)
+
+    def __call__(self, kv: Cache, ids: list[int], keep: int) -> torch.Tensor:
+        """Logits [keep, vocab] of the last `keep` of `ids`, the new tokens; their keys and
+        values are added to `kv`, which must hold at least one token."""
+        neox = self.model.gpt_neox
+        new = len(ids)
+        x = neox.embed_in(torch.tensor(ids))  # [new, width]
+        layers = kv.layers
+        past = layers[0].get_seq_length()
+        cos, sin = (
+            t[0].contiguous() for t in neox.rotary_emb(x, torch.arange(past, past + new)[None])
+        )
+        qkv = x.new_empty(new, 3 * self.width)
+        query = x.new_empty(self.heads, new, self.head_dim)
+        attended = x.new_empty(new, self.width)
+        projected = x.new_empty(new, self.width)
+        threads = torch.get_num_threads()
+        for layer, cache in zip(neox.layers, layers, strict=True):
+            cache.extend(new)
+            self.linear(layer.attention.query_key_value, layer.input_layernorm(x), qkv, threads)
+            self.attend(qkv, cos, sin, query, cache, past, attended, threads)
+            self.linear(layer.attention.dense, attended, projected, threads)
+            up = layer.mlp.dense_h_to_4h
+            hidden = x.new_empty(new, up.out_features)
+            self.linear(up, layer.post_attention_layernorm(x), hidden, threads)
+            after = x.new_empty(new, self.width)
+            # transformers' order: mlp + attention + hidden
+            self.linear(
+                layer.mlp.dense_4h_to_h, layer.mlp.act(hidden), after, threads, projected, x
+            )
+            x = after
+        head = self.model.lm_head
+        logits = x.new_empty(keep, head.out_features)
+        self.linear(head, neox.final_layer_norm(x[-keep:]), logits, threads)
+        return logits
+
+    def attend(self, qkv, cos, sin, query, cache: GrowingLayer, past: int, out, threads) -> None:
+        """Rotary embedding on the new tokens, their keys and values into `cache`, attention."""
+        new = qkv.shape[0]
+        keys, values = cache.key_buffer, cache.value_buffer
+        self.library.fim_rope_store(
+            qkv.data_ptr(), new, self.heads, self.head_dim, self.rotary, cos.data_ptr(),
+            sin.data_ptr(), query.data_ptr(), keys.data_ptr(), values.data_ptr(),
+            keys.stride(1), past,
+        )  # fmt: skip
+        failed = self.library.fim_attend_f16(
+            query.data_ptr(), keys.data_ptr(), values.data_ptr(), out.data_ptr(),
+            self.heads, self.head_dim, past, new, keys.stride(1), self.scaling, threads,
+        )  # fmt: skip
+        if failed:
+            raise MemoryError("no memory for a decode step's attention scores")
+
+    def linear(
+        self,
+        layer: Int8Linear,
+        x: torch.Tensor,
+        out: torch.Tensor,
+        threads: int,
+        then_add: torch.Tensor | None = None,
+        and_add: torch.Tensor | None = None,
+    ) -> None:
+        failed = self.library.fim_linear_i8(
+            x.data_ptr(), x.shape[0], layer.in_features, layer.out_features,
+            layer.packed.data_ptr(), layer.scale.data_ptr(), layer.sums.data_ptr(),
+            None if layer.bias is None else layer.bias.data_ptr(), out.data_ptr(),
+            None if then_add is None else then_add.data_ptr(),
+            None if and_add is None else and_add.data_ptr(), threads,
+        )  # fmt: skip
+        if failed:
+            raise MemoryError("no memory to quantize a decode step's activations")
+
+
+def linear_layers(model) -> list[torch.nn.Module]:
+    neox = model.gpt_neox
+    layers = [model.lm_head]
+    for layer in neox.layers:
+        attention, mlp = layer.attention, layer.mlp
+        layers += [attention.query_key_value, attention.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h]
+    return layers
+
+
+@functools.cache
+def load_kernel() -> ctypes.CDLL:
+    """The C library with both kernels and `fim_rope_store` declared and checked."""
+    library = load_linear()
+    load_attention()
+    pointer, number = ctypes.c_void_p, ctypes.c_int
+    library.fim_rope_store.argtypes = [
+        pointer, *[number] * 4, *[pointer] * 5, ctypes.c_long, number,
+    ]  # fmt: skip
+    library.fim_rope_store.restype = number
+    check(library)
+    return library
+
+
+def check(library: ctypes.CDLL) -> None:
+    """Compare `fim_rope_store` with transformers' rotary embedding and an fp16 cache write, bit
+    for bit, on a small case: the step must give what transformers' modules give."""
+    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
+
+    generator = torch.Generator().manual_seed(0)
+    new, heads, dim, rotary, past, capacity = 3, 2, 16, 8, 4, 9
+    qkv = torch.randn(new, heads, 3 * dim, generator=generator)
+    angles = torch.randn(new, rotary // 2, generator=generator).repeat(1, 2)
+    cos, sin = angles.cos(), angles.sin()
+    query = torch.empty(heads, new, dim)
+    keys, values = torch.zeros(2, heads, capacity, dim, dtype=torch.float16)
+    library.fim_rope_store(
+        qkv.data_ptr(), new, heads, dim, rotary, cos.data_ptr(), sin.data_ptr(),
+        query.data_ptr(), keys.data_ptr(), values.data_ptr(), capacity * dim, past,
+    )  # fmt: skip
+    q, k, v = qkv.view(1, new, heads, 3 * dim).transpose(1, 2).chunk(3, dim=-1)
+    q, k = apply_rotary_pos_emb(q, k, cos[None], sin[None])
+    cached = slice(past, past + new)
+    if not (
+        torch.equal(query, q[0])
+        and torch.equal(keys[:, cached], k[0].half())
+        and torch.equal(values[:, cached], v[0].half())
+        and not keys[:, :past].any()
+    ):
+        raise NativeError("the rotary embedding kernel's result differs from transformers'")

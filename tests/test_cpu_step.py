@@ -1,0 +1,91 @@
+"""The CPU step against transformers' modules: the same logits and cache, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fim_lsp.engine import load_engine
+from fim_lsp.engine.cpu_step import check, load_kernel
+from fim_lsp.engine.native import NativeError
+
+VOCAB = 50280
+PROMPT = [50277, 32488, 535, 50274, 18891, 426, 1269, 559, 340, 50278, 1545, 4868, 9, 89, 50279]
+
+
+@pytest.fixture
+def engine(tiny_model_dir):
+    engine = load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", int8_backend="c-kernel")
+    assert engine.step is not None, engine.step_problem
+    return engine
+
+
+def through_modules(engine, ids: list[int], keep: int) -> torch.Tensor:
+    step, engine.step = engine.step, None
+    try:
+        return engine.forward(ids, keep)
+    finally:
+        engine.step = step
+
+
+def cached(engine) -> list[torch.Tensor]:
+    return [torch.cat([layer.keys, layer.values]) for layer in engine.cache.kv.layers]
+
+
+@pytest.mark.parametrize("new", [[7], [7, 8, 9], list(range(100, 116))])
+def test_step_gives_the_modules_logits_and_cache_bit_for_bit(engine, new):
+    with torch.inference_mode():
+        engine.forward(PROMPT)  # the prompt goes through the modules, as prefill does
+        stepped, stepped_cache = engine.forward(new, keep=len(new)), cached(engine)
+        engine.cache.drop(len(new))
+        expected = through_modules(engine, new, keep=len(new))
+    assert torch.equal(stepped, expected)
+    for got, reference in zip(stepped_cache, cached(engine), strict=True):
+        assert torch.equal(got, reference)
+
+
+def test_steps_past_the_cache_buffers_capacity_stay_the_same(engine, tiny_model_dir):
+    """Three hundred steps grow the cache's buffers (256 tokens at first) while the step writes
+    into them; an engine without the step gives the same last logits."""
+    plain = load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", int8_backend="c-kernel")
+    plain.step = None
+    tokens = [(31 * i) % 50000 + 2 for i in range(300)]
+    with torch.inference_mode():
+        for model in (engine, plain):
+            model.forward(PROMPT)
+            for token in tokens:
+                logits = model.forward([token])
+            model.last = logits
+    assert len(engine.cache.ids) == len(PROMPT) + 300
+    assert torch.equal(engine.last, plain.last)
+
+
+def test_generation_uses_the_step_and_keeps_the_greedy_tokens(engine, tiny_model_dir):
+    plain = load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", int8_backend="c-kernel")
+    plain.step = None
+    calls = []
+    step = engine.step
+    engine.step = lambda kv, ids, keep: calls.append(len(ids)) or step(kv, ids, keep)
+    assert engine.generate(PROMPT, 20, end_id=-1).ids == plain.generate(PROMPT, 20, end_id=-1).ids
+    assert calls and max(calls) <= 16  # decode steps and draft checks, not the prompt
+
+
+@pytest.mark.parametrize(
+    "setup, reason",
+    [
+        (dict(quantization="none"), "not the C kernel on an fp16 cache"),
+        (dict(quantization="int8", int8_backend="torch-dynamic"), "not the C int8 kernel's"),
+    ],
+)
+def test_other_setups_run_transformers_modules_and_say_why(tiny_model_dir, setup, reason):
+    engine = load_engine(str(tiny_model_dir), VOCAB, "cpu", **setup)
+    assert engine.step is None and reason in engine.step_problem
+
+
+def test_a_rotary_kernel_that_computes_wrong_is_refused():
+    class Library:
+        fim_rope_store = staticmethod(lambda *args: 0)  # writes nothing
+
+    load_kernel()  # the real one passes
+    with pytest.raises(NativeError, match="rotary embedding kernel"):
+        check(Library())
