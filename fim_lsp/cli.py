@@ -163,6 +163,7 @@ def complete(args: argparse.Namespace, settings: Settings) -> int:
         "device": precision.device,
         "quantization": precision.quantization,
         "attention": completer.engine.attention.reason,
+        "decode_steps": completer.engine.steps,
     }
     print(json.dumps(report, indent=2))
     return 0

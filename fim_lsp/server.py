@@ -119,9 +119,12 @@ class FimLanguageServer(LanguageServer):
         precision = completer.engine.precision
         ready = f"{settings.model} ready on {precision.device} ({precision.quantization})"
         self.end_progress(token, ready)
-        attention = completer.engine.attention.reason  # says why, where the kernel can't run
+        engine = completer.engine  # says why, where a kernel can't run
         self.window_log_message(
-            types.LogMessageParams(types.MessageType.Info, f"{ready}; attention: {attention}")
+            types.LogMessageParams(
+                types.MessageType.Info,
+                f"{ready}; attention: {engine.attention.reason}; decode steps: {engine.steps}",
+            )
         )
         self.set_state("ready", ready)
 

@@ -1,4 +1,7 @@
-"""The CPU step against transformers' modules: the same logits and cache, bit for bit."""
+"""The CPU step against transformers' modules: the same greedy tokens, logits within rounding.
+
+The step's layer norms and GELU run in C (transformers': torch's), so its numbers differ in the
+last bits; everything else is the same arithmetic."""
 
 from __future__ import annotations
 
@@ -32,16 +35,21 @@ def cached(engine) -> list[torch.Tensor]:
     return [torch.cat([layer.keys, layer.values]) for layer in engine.cache.kv.layers]
 
 
+def assert_close(got: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
 @pytest.mark.parametrize("new", [[7], [7, 8, 9], list(range(100, 116))])
-def test_step_gives_the_modules_logits_and_cache_bit_for_bit(engine, new):
+def test_step_gives_the_modules_logits_and_cache(engine, new):
     with torch.inference_mode():
         engine.forward(PROMPT)  # the prompt goes through the modules, as prefill does
         stepped, stepped_cache = engine.forward(new, keep=len(new)), cached(engine)
         engine.cache.drop(len(new))
         expected = through_modules(engine, new, keep=len(new))
-    assert torch.equal(stepped, expected)
+    assert_close(stepped, expected)
+    assert torch.equal(stepped.argmax(dim=-1), expected.argmax(dim=-1))
     for got, reference in zip(stepped_cache, cached(engine), strict=True):
-        assert torch.equal(got, reference)
+        assert_close(got.float(), reference.float())
 
 
 def test_steps_past_the_cache_buffers_capacity_stay_the_same(engine, tiny_model_dir):
@@ -57,7 +65,7 @@ def test_steps_past_the_cache_buffers_capacity_stay_the_same(engine, tiny_model_
                 logits = model.forward([token])
             model.last = logits
     assert len(engine.cache.ids) == len(PROMPT) + 300
-    assert torch.equal(engine.last, plain.last)
+    assert_close(engine.last, plain.last)
 
 
 def test_generation_uses_the_step_and_keeps_the_greedy_tokens(engine, tiny_model_dir):

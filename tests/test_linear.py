@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fim_lsp.engine.linear import Int8Linear, WeightOnlyInt8Linear, per_channel, quantize
+from fim_lsp.engine.linear import (
+    Fused,
+    Int8Linear,
+    WeightOnlyInt8Linear,
+    load_kernel,
+    per_channel,
+    quantize,
+    run_into,
+    run_kernel,
+)
 
 
 def quantized_reference(layer: Int8Linear, weight, bias, x):
@@ -118,3 +127,53 @@ def test_weight_only_layer_computes_in_its_weights_dtype():
     layer = WeightOnlyInt8Linear(torch.randn(16, 32).to(torch.bfloat16), torch.randn(16))
     out = layer(torch.randn(3, 32, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16 and out.shape == (3, 16)
+
+
+def fused_case():
+    generator = torch.Generator().manual_seed(3)
+    layer = Int8Linear(
+        torch.randn(40, 96, generator=generator), torch.randn(40, generator=generator)
+    )
+    norm = torch.nn.LayerNorm(96)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=generator)
+        norm.bias.normal_(generator=generator)
+    x = torch.randn(5, 96, generator=generator) * 4 + 1
+    then_add, and_add = torch.randn(2, 5, 40, generator=generator)
+    return layer, norm, x, then_add, and_add
+
+
+def test_fused_gelu_and_residuals_match_torch_on_the_same_product():
+    layer, _, x, then_add, and_add = fused_case()
+    library = load_kernel()
+    out = torch.empty(5, 40)
+    fused = Fused(gelu=1, then_add=then_add.data_ptr(), and_add=and_add.data_ptr())
+    run_into(library, layer, x, out, 2, fused)
+    product = run_kernel(library, layer, x)
+    expected = torch.nn.functional.gelu(product) + then_add + and_add
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    wide = torch.linspace(-12, 12, 4001)  # GELU itself, over its whole shape
+    torch.testing.assert_close(
+        gelu_through_kernel(library, wide), torch.nn.functional.gelu(wide), rtol=3e-7, atol=3e-7
+    )
+
+
+def gelu_through_kernel(library, values: torch.Tensor) -> torch.Tensor:
+    """GELU of `values` from the kernel's epilogue: a product with zero weights, values as bias."""
+    layer = Int8Linear(torch.zeros(len(values), 4), values)
+    out = torch.empty(1, len(values))
+    run_into(library, layer, torch.zeros(1, 4), out, 1, Fused(gelu=1))
+    return out[0]
+
+
+def test_fused_layer_norm_matches_torchs_before_the_product():
+    layer, norm, x, _, _ = fused_case()
+    library = load_kernel()
+    out = torch.empty(5, 40)
+    fused = Fused(norm.weight.data_ptr(), norm.bias.data_ptr(), norm.eps)
+    run_into(library, layer, x, out, 2, fused)
+    with torch.no_grad():
+        expected = run_kernel(library, layer, norm(x))
+    # The normed rows differ from torch's in the last bits, which can move a quantized activation
+    # by one step: far below the quantization's own error (3% of the product's norm).
+    assert (out - expected).norm() / expected.norm() < 1e-4

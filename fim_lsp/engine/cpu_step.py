@@ -27,7 +27,7 @@ from transformers.cache_utils import Cache
 from fim_lsp.engine.attention import KERNEL, AttentionPlan
 from fim_lsp.engine.attention import load_kernel as load_attention
 from fim_lsp.engine.kv_cache import GrowingLayer
-from fim_lsp.engine.linear import Int8Linear
+from fim_lsp.engine.linear import Fused, Int8Linear, run_into
 from fim_lsp.engine.linear import load_kernel as load_linear
 from fim_lsp.engine.native import NativeError, problem
 
@@ -44,6 +44,12 @@ class CpuStep:
         self.rotary = attention.rotary_ndims
         self.scaling = attention.scaling
         self.library = load_kernel()
+        # The layer norms and GELU run inside the int8 kernel (see the module's docstring).
+        self.fused = [
+            (normed(layer.input_layernorm), normed(layer.post_attention_layernorm, gelu=True))
+            for layer in model.gpt_neox.layers
+        ]
+        self.before_head = normed(model.gpt_neox.final_layer_norm)
 
     @staticmethod
     def problem(model, plan: AttentionPlan) -> str | None:
@@ -75,23 +81,24 @@ class CpuStep:
         attended = x.new_empty(new, self.width)
         projected = x.new_empty(new, self.width)
         threads = torch.get_num_threads()
-        for layer, cache in zip(neox.layers, layers, strict=True):
+        for layer, cache, (before_attention, before_mlp) in zip(
+            neox.layers, layers, self.fused, strict=True
+        ):
             cache.extend(new)
-            self.linear(layer.attention.query_key_value, layer.input_layernorm(x), qkv, threads)
+            attention, mlp = layer.attention, layer.mlp
+            self.linear(attention.query_key_value, x, qkv, threads, before_attention)
             self.attend(qkv, cos, sin, query, cache, past, attended, threads)
-            self.linear(layer.attention.dense, attended, projected, threads)
-            up = layer.mlp.dense_h_to_4h
-            hidden = x.new_empty(new, up.out_features)
-            self.linear(up, layer.post_attention_layernorm(x), hidden, threads)
+            self.linear(attention.dense, attended, projected, threads)
+            hidden = x.new_empty(new, mlp.dense_h_to_4h.out_features)
+            self.linear(mlp.dense_h_to_4h, x, hidden, threads, before_mlp)
             after = x.new_empty(new, self.width)
-            # transformers' order: mlp + attention + hidden
-            self.linear(
-                layer.mlp.dense_4h_to_h, layer.mlp.act(hidden), after, threads, projected, x
-            )
+            # parallel residuals: mlp + attention + hidden, in transformers' order
+            residuals = Fused(then_add=projected.data_ptr(), and_add=x.data_ptr())
+            self.linear(mlp.dense_4h_to_h, hidden, after, threads, residuals)
             x = after
         head = self.model.lm_head
         logits = x.new_empty(keep, head.out_features)
-        self.linear(head, neox.final_layer_norm(x[-keep:]), logits, threads)
+        self.linear(head, x[-keep:], logits, threads, self.before_head)
         return logits
 
     def attend(self, qkv, cos, sin, query, cache: GrowingLayer, past: int, out, threads) -> None:
@@ -111,23 +118,15 @@ class CpuStep:
             raise MemoryError("no memory for a decode step's attention scores")
 
     def linear(
-        self,
-        layer: Int8Linear,
-        x: torch.Tensor,
-        out: torch.Tensor,
-        threads: int,
-        then_add: torch.Tensor | None = None,
-        and_add: torch.Tensor | None = None,
+        self, layer: Int8Linear, x: torch.Tensor, out: torch.Tensor, threads: int, fused=None
     ) -> None:
-        failed = self.library.fim_linear_i8(
-            x.data_ptr(), x.shape[0], layer.in_features, layer.out_features,
-            layer.packed.data_ptr(), layer.scale.data_ptr(), layer.sums.data_ptr(),
-            None if layer.bias is None else layer.bias.data_ptr(), out.data_ptr(),
-            None if then_add is None else then_add.data_ptr(),
-            None if and_add is None else and_add.data_ptr(), threads,
-        )  # fmt: skip
-        if failed:
-            raise MemoryError("no memory to quantize a decode step's activations")
+        run_into(self.library, layer, x, out, threads, fused)
+
+
+def normed(norm: torch.nn.LayerNorm, gelu: bool = False) -> Fused:
+    """A layer norm before the kernel's product, and GELU after it if `gelu`."""
+    weight, bias = norm.weight.detach(), norm.bias.detach()
+    return Fused(weight.data_ptr(), bias.data_ptr(), norm.eps, gelu)
 
 
 def linear_layers(model) -> list[torch.nn.Module]:

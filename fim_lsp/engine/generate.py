@@ -58,6 +58,11 @@ class Engine:
         # transformers' modules where the C kernels run the whole layer.
         self.step_problem = CpuStep.problem(model, self.attention)
         self.step = None if self.step_problem else CpuStep(model)
+        self.steps = (
+            "C step (a few C calls per layer)"
+            if self.step
+            else f"transformers' modules ({self.step_problem})"
+        )
         self.drafted = self.accepted = 0  # running totals
 
     @torch.inference_mode()

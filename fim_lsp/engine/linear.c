@@ -13,8 +13,8 @@
  *
  * Layouts:
  *   x [m][k] fp32, y [m][n] fp32, bias [n] fp32 or NULL
- *   then_add, and_add [m][n] fp32 or NULL: added to y in that order, after the bias (a decode
- *   step's residual sums: rounded as transformers rounds `mlp + attention + hidden`)
+ *   fused (cpu_step.py's decode step; NULL for a plain product): a layer norm of x's rows before
+ *   the product, GELU after the bias, then two [m][n] arrays added in order (the residuals)
  *   weights packed [ceil(n/16)][ceil(k/4)][16][4] int8: for 4 consecutive inputs, 16 outputs'
  *   weights in 64 bytes, zero where the padding runs past n or k; w_scale [n], w_sum [n] (the
  *   sum of each output's int8 weights, for the activations' zero point).
@@ -85,6 +85,14 @@ static inline __attribute__((always_inline)) void dot_panel(
     }
 }
 
+/* What a decode step fuses into a product; any part NULL or 0 is left out. */
+typedef struct {
+    const float *norm_weight, *norm_bias;  /* [k]: x's rows layer-normed first */
+    float norm_eps;
+    int gelu;                              /* exact GELU (erf) on y after the bias */
+    const float *then_add, *and_add;       /* [m][n]: added to y in this order, last */
+} Fused;
+
 typedef struct {
     int k, kp, n;
     const uint8_t *q;
@@ -93,8 +101,58 @@ typedef struct {
     const float *w_scale, *bias;
     const int32_t *w_sum;
     float *y;
-    const float *then_add, *and_add;
+    const Fused *fused;
 } Job;
+
+/* e^x for x <= 0 (Cephes' expf: range reduction by ln 2, a degree-6 polynomial), 8 at a time. */
+static inline __m256 exp_nonpositive(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+    const __m256i power = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(power));
+}
+
+/* x / 2 * (1 + erf(x / sqrt 2)), erf by Abramowitz and Stegun 7.1.26 (error under 1.5e-7, the
+ * formula torch's own vectorized GELU uses), 8 at a time. */
+static inline __m256 gelu8(__m256 x) {
+    const __m256 sign = _mm256_set1_ps(-0.f);
+    const __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678f));
+    const __m256 a = _mm256_andnot_ps(sign, z);
+    const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.f),
+                                   _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), a, _mm256_set1_ps(1.f)));
+    __m256 poly = _mm256_set1_ps(1.061405429f);
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-1.453152027f));
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(1.421413741f));
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-0.284496736f));
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(0.254829592f));
+    const __m256 tail = _mm256_mul_ps(_mm256_mul_ps(poly, t),
+                                      exp_nonpositive(_mm256_xor_ps(sign, _mm256_mul_ps(a, a))));
+    const __m256 erf = _mm256_or_ps(_mm256_sub_ps(_mm256_set1_ps(1.f), tail),
+                                    _mm256_and_ps(sign, z));
+    return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), _mm256_add_ps(_mm256_set1_ps(1.f), erf));
+}
+
+/* One row's layer norm (mean and variance in double: 2048 inputs and more). */
+static void layer_norm_row(const float *x, int k, const Fused *fused, float *out) {
+    double sum = 0, squares = 0;
+    for (int i = 0; i < k; i++) sum += x[i];
+    const double mean = sum / k;
+    for (int i = 0; i < k; i++) squares += (x[i] - mean) * (x[i] - mean);
+    const float inverse = (float)(1.0 / sqrt(squares / k + fused->norm_eps));
+    for (int i = 0; i < k; i++)
+        out[i] = (x[i] - (float)mean) * inverse * fused->norm_weight[i] + fused->norm_bias[i];
+}
 
 /* y for tokens t0 .. t0 + rows - 1 and panel p: undo both zero points and scales, add bias. */
 static inline __attribute__((always_inline)) void panel_rows(const Job *job, const int rows,
@@ -119,13 +177,15 @@ static inline __attribute__((always_inline)) void panel_rows(const Job *job, con
             const __m256i v = _mm256_sub_epi32(acc[r][h], _mm256_mullo_epi32(a_zero, sum));
             const __m256 f = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), a_scale),
                                            _mm256_loadu_ps(scales + 8 * h));
-            _mm256_storeu_ps(out + 8 * h, _mm256_add_ps(f, _mm256_loadu_ps(biases + 8 * h)));
+            __m256 v8 = _mm256_add_ps(f, _mm256_loadu_ps(biases + 8 * h));
+            if (job->fused && job->fused->gelu) v8 = gelu8(v8);
+            _mm256_storeu_ps(out + 8 * h, v8);
         }
         const long at = (long)t * job->n + first;
-        if (job->then_add)
-            for (int j = 0; j < width; j++) out[j] += job->then_add[at + j];
-        if (job->and_add)
-            for (int j = 0; j < width; j++) out[j] += job->and_add[at + j];
+        if (job->fused && job->fused->then_add)
+            for (int j = 0; j < width; j++) out[j] += job->fused->then_add[at + j];
+        if (job->fused && job->fused->and_add)
+            for (int j = 0; j < width; j++) out[j] += job->fused->and_add[at + j];
         memcpy(job->y + at, out, sizeof(float) * width);
     }
 }
@@ -140,10 +200,10 @@ static void run_panel(const Job *job, int m, int p, const int8_t *panel) {
     }
 }
 
-/* y = x W^T + bias (+ then_add + and_add). Returns 0, or 1 when scratch memory cannot be had. */
+/* y = x W^T + bias, with what `fused` adds. Returns 0, or 1 when scratch memory cannot be had. */
 int fim_linear_i8(const float *x, int m, int k, int n, const int8_t *weights,
                   const float *w_scale, const int32_t *w_sum, const float *bias, float *y,
-                  const float *then_add, const float *and_add, int threads) {
+                  const Fused *fused, int threads) {
     const int kp = (k + 3) / 4 * 4, panels = (n + 15) / 16;
     if (m == 0) return 0;
     uint8_t *q = aligned_alloc(64, ((size_t)m * kp + 63) / 64 * 64);
@@ -153,16 +213,25 @@ int fim_linear_i8(const float *x, int m, int k, int n, const int8_t *weights,
         free(q), free(a_scale), free(a_zero);
         return 1;
     }
-    const Job job = {k, kp, n, q, a_scale, a_zero, w_scale, bias, w_sum, y, then_add, and_add};
+    const int normed = fused && fused->norm_weight;
+    float *rows = normed ? malloc(sizeof(float) * (size_t)m * k) : NULL;
+    if (normed && !rows) {
+        free(q), free(a_scale), free(a_zero);
+        return 1;
+    }
+    const Job job = {k, kp, n, q, a_scale, a_zero, w_scale, bias, w_sum, y, fused};
     #pragma omp parallel num_threads(threads)
     {
         #pragma omp for schedule(static)
-        for (int t = 0; t < m; t++)
-            a_scale[t] = quantize_row(x + (long)t * k, k, kp, q + (long)t * kp, a_zero + t);
+        for (int t = 0; t < m; t++) {
+            const float *row = x + (long)t * k;
+            if (normed) layer_norm_row(row, k, fused, rows + (long)t * k), row = rows + (long)t * k;
+            a_scale[t] = quantize_row(row, k, kp, q + (long)t * kp, a_zero + t);
+        }
         /* Contiguous runs of panels per thread: each streams its weights in one sequential run. */
         #pragma omp for schedule(static)
         for (int p = 0; p < panels; p++) run_panel(&job, m, p, weights + (long)p * 16 * kp);
     }
-    free(q), free(a_scale), free(a_zero);
+    free(q), free(a_scale), free(a_zero), free(rows);
     return 0;
 }

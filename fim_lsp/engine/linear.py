@@ -49,18 +49,45 @@ class Int8Linear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+class Fused(ctypes.Structure):
+    """What a decode step fuses into the kernel's product (linear.c's `Fused`): a layer norm of
+    the input rows first, GELU on the result, then two arrays added in order."""
+
+    _fields_ = [
+        ("norm_weight", ctypes.c_void_p),
+        ("norm_bias", ctypes.c_void_p),
+        ("norm_eps", ctypes.c_float),
+        ("gelu", ctypes.c_int),
+        ("then_add", ctypes.c_void_p),
+        ("and_add", ctypes.c_void_p),
+    ]
+
+
 def run_kernel(library: ctypes.CDLL, layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
     rows = x.reshape(-1, layer.in_features).float().contiguous()
     out = rows.new_empty(rows.shape[0], layer.out_features)
+    run_into(library, layer, rows, out, torch.get_num_threads())
+    return out.view(*x.shape[:-1], layer.out_features)
+
+
+def run_into(
+    library: ctypes.CDLL,
+    layer: Int8Linear,
+    rows: torch.Tensor,
+    out: torch.Tensor,
+    threads: int,
+    fused: Fused | None = None,
+) -> None:
+    """out = rows W^T + b, with what `fused` adds; rows [m, in] and out [m, out], contiguous
+    fp32 (not checked: the callers make them so)."""
     failed = library.fim_linear_i8(
         rows.data_ptr(), rows.shape[0], layer.in_features, layer.out_features,
         layer.packed.data_ptr(), layer.scale.data_ptr(), layer.sums.data_ptr(),
         None if layer.bias is None else layer.bias.data_ptr(), out.data_ptr(),
-        None, None, torch.get_num_threads(),
+        None if fused is None else ctypes.byref(fused), threads,
     )  # fmt: skip
     if failed:
-        raise MemoryError(f"no memory to quantize activations of shape {tuple(x.shape)}")
-    return out.view(*x.shape[:-1], layer.out_features)
+        raise MemoryError(f"no memory to quantize activations of shape {tuple(rows.shape)}")
 
 
 def quantize(weight: torch.Tensor, rows_at_once: int = 4096):
@@ -132,7 +159,7 @@ def load_kernel() -> ctypes.CDLL:
     """The C library with the int8 kernel declared and checked; raises NativeError."""
     library = load_library()
     pointer, number = ctypes.c_void_p, ctypes.c_int
-    library.fim_linear_i8.argtypes = [pointer, number, number, number, *[pointer] * 7, number]
+    library.fim_linear_i8.argtypes = [pointer, number, number, number, *[pointer] * 6, number]
     library.fim_linear_i8.restype = ctypes.c_int
     check(library)
     return library
