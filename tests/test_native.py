@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fim_lsp.engine import attention, linear, native
+from fim_lsp.engine import attention, cpu_step, linear, native
 from fim_lsp.engine.attention import choose_attention
 from fim_lsp.engine.kv_cache import CacheFormat
 from fim_lsp.engine.native import NativeError
@@ -15,7 +15,12 @@ from fim_lsp.engine.precision import Precision, choose_precision
 @pytest.fixture
 def fresh_build(tmp_path, monkeypatch):
     """An empty kernel cache folder, and no kernel loaded yet."""
-    loaders = (native.built_library, attention.load_kernel, linear.load_kernel)
+    loaders = (
+        native.built_library,
+        attention.load_kernel,
+        linear.load_kernel,
+        cpu_step.load_kernel,
+    )
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     for loader in loaders:
         loader.cache_clear()
@@ -51,6 +56,14 @@ def test_the_built_kernels_are_reused_without_compiling_again(fresh_build, monke
     assert native.build(fresh_build) == built
     assert attention.kernel_problem() is None
     assert linear.kernel_problem() is None
+
+
+def test_a_changed_header_builds_anew(fresh_build, tmp_path, monkeypatch):
+    built = native.build(fresh_build)
+    header = tmp_path / "simd.h"
+    header.write_text(native.HEADERS[0].read_text() + "/* changed */\n")
+    monkeypatch.setattr(native, "HEADERS", [header])
+    assert native.build(fresh_build) != built
 
 
 def test_a_cpu_without_avx2_gets_torch_attention_and_linear_layers(fresh_build, monkeypatch):

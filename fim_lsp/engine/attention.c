@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "simd.h"
+
 #define MAX_DIM 256
 
 static inline __m256 load8_f32(const float *p) { return _mm256_loadu_ps(p); }
@@ -63,8 +65,17 @@ typedef struct {
             scores[t] = sum8(_mm256_add_ps(even, odd));                                       \
             top = scores[t] > top ? scores[t] : top;                                          \
         }                                                                                     \
-        float total = 0.f;                                                                    \
-        for (int t = 0; t < seen; t++) total += scores[t] = expf(scores[t] - top);            \
+        /* e^(score - top), 8 at a time: a scalar expf per score took a third of the time. */ \
+        __m256 sums = _mm256_setzero_ps();                                                    \
+        const __m256 top8 = _mm256_set1_ps(top);                                              \
+        int t = 0;                                                                            \
+        for (; t + 8 <= seen; t += 8) {                                                       \
+            const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores + t), top8)); \
+            _mm256_storeu_ps(scores + t, e);                                                  \
+            sums = _mm256_add_ps(sums, e);                                                    \
+        }                                                                                     \
+        float total = sum8(sums);                                                             \
+        for (; t < seen; t++) total += scores[t] = expf(scores[t] - top);                     \
         for (int b = 0; b < blocks; b++) acc[b] = _mm256_setzero_ps();                        \
         for (int t = 0; t < seen; t++) {                                                      \
             const TYPE *row = values + (long)t * dim;                                         \

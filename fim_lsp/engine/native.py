@@ -29,6 +29,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "linear.c")]
+HEADERS = [Path(__file__).with_name("simd.h")]
 CPU_FLAGS = {"avx2", "fma", "f16c"}
 BUILD_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
 
@@ -93,7 +94,8 @@ def cache_folder() -> Path:
 
 def build(folder: Path) -> Path:
     """The shared library compiled from SOURCES, reused while they and the flags are unchanged."""
-    recipe = b"".join(source.read_bytes() for source in SOURCES) + " ".join(BUILD_FLAGS).encode()
+    code = b"".join(file.read_bytes() for file in SOURCES + HEADERS)
+    recipe = code + " ".join(BUILD_FLAGS).encode()
     target = folder / f"kernels-{hashlib.sha256(recipe).hexdigest()[:16]}.so"
     if target.is_file():
         return target
