@@ -97,3 +97,10 @@ def test_a_rotary_kernel_that_computes_wrong_is_refused():
     load_kernel()  # the real one passes
     with pytest.raises(NativeError, match="rotary embedding kernel"):
         check(Library())
+
+
+def test_heads_the_attention_kernel_does_not_take_are_left_to_the_modules(engine, monkeypatch):
+    from fim_lsp.engine.cpu_step import CpuStep
+
+    monkeypatch.setattr(engine.model.gpt_neox.layers[0].attention, "head_size", 12)
+    assert "heads of 12 dims" in CpuStep.problem(engine.model, engine.attention)

@@ -62,6 +62,9 @@ class CpuStep:
             return f"a {config.model_type} model without GPT-NeoX's parallel residuals"
         if config.hidden_act != "gelu":
             return f"activation {config.hidden_act}"
+        attention = model.gpt_neox.layers[0].attention
+        if attention.head_size % 8 or attention.head_size > 256 or attention.rotary_ndims % 2:
+            return f"heads of {attention.head_size} dims (attention.c takes multiples of 8 to 256)"
         if plan.implementation != KERNEL or plan.cache.dtype != torch.float16:
             return "attention is not the C kernel on an fp16 cache"
         if not all(isinstance(m, Int8Linear) for m in linear_layers(model)):
@@ -108,20 +111,24 @@ class CpuStep:
         """Rotary embedding on the new tokens, their keys and values into `cache`, attention."""
         new = qkv.shape[0]
         keys, values = cache.key_buffer, cache.value_buffer
-        self.library.fim_rope_store(
+        failed = self.library.fim_rope_store(
             qkv.data_ptr(), new, self.heads, self.head_dim, self.rotary, cos.data_ptr(),
             sin.data_ptr(), query.data_ptr(), keys.data_ptr(), values.data_ptr(),
             keys.stride(1), past,
-        )  # fmt: skip
-        failed = self.library.fim_attend_f16(
+        ) or self.library.fim_attend_f16(
             query.data_ptr(), keys.data_ptr(), values.data_ptr(), out.data_ptr(),
             self.heads, self.head_dim, past, new, keys.stride(1), self.scaling, threads,
         )  # fmt: skip
-        if failed:
+        if failed:  # arguments problem() lets through are taken: no memory for the scores
             raise MemoryError("no memory for a decode step's attention scores")
 
     def linear(
-        self, layer: Int8Linear, x: torch.Tensor, out: torch.Tensor, threads: int, fused=None
+        self,
+        layer: Int8Linear,
+        x: torch.Tensor,
+        out: torch.Tensor,
+        threads: int,
+        fused: Fused | None = None,
     ) -> None:
         run_into(self.library, layer, x, out, threads, fused)
 
