@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.typing_latency import machine  # noqa: E402
 from fim_lsp.engine import choose_precision, load_engine  # noqa: E402
+from fim_lsp.engine.linear import WeightOnlyInt8Linear  # noqa: E402
 from fim_lsp.engine.precision import BITSANDBYTES, WEIGHT_ONLY  # noqa: E402
 from tests import tiny_model  # noqa: E402
 
@@ -40,9 +41,10 @@ SETUPS = [("int8", WEIGHT_ONLY), ("int8", BITSANDBYTES), ("none", None)]
 
 
 def int8_layers(engine) -> int:
-    return sum(
-        "Int8" in type(m).__name__ or "8bit" in type(m).__name__ for m in engine.model.modules()
-    )
+    import bitsandbytes as bnb
+
+    kinds = (WeightOnlyInt8Linear, bnb.nn.Linear8bitLt)
+    return sum(isinstance(m, kinds) for m in engine.model.modules())
 
 
 def drafts_keep_greedy(engine, new_tokens: int = 24) -> tuple[bool, int, int]:

@@ -103,4 +103,4 @@ def test_heads_the_attention_kernel_does_not_take_are_left_to_the_modules(engine
     from fim_lsp.engine.cpu_step import CpuStep
 
     monkeypatch.setattr(engine.model.gpt_neox.layers[0].attention, "head_size", 12)
-    assert "heads of 12 dims" in CpuStep.problem(engine.model, engine.attention)
+    assert "heads of 12 dims" in CpuStep.problem(engine.model, engine.precision, engine.attention)

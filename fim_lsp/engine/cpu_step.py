@@ -33,6 +33,7 @@ from fim_lsp.engine.kv_cache import GrowingLayer
 from fim_lsp.engine.linear import Fused, Int8Linear, run_into
 from fim_lsp.engine.linear import load_kernel as load_linear
 from fim_lsp.engine.native import NativeError, problem
+from fim_lsp.engine.precision import C_KERNEL, Precision
 
 
 class CpuStep:
@@ -55,8 +56,8 @@ class CpuStep:
         self.before_head = normed(model.gpt_neox.final_layer_norm)
 
     @staticmethod
-    def problem(model, plan: AttentionPlan) -> str | None:
-        """Why this step cannot run `model` with attention `plan`, or None."""
+    def problem(model, precision: Precision, plan: AttentionPlan) -> str | None:
+        """Why this step cannot run `model` in `precision` with attention `plan`, or None."""
         config = model.config
         if config.model_type != "gpt_neox" or not config.use_parallel_residual:
             return f"a {config.model_type} model without GPT-NeoX's parallel residuals"
@@ -67,7 +68,7 @@ class CpuStep:
             return f"heads of {attention.head_size} dims (attention.c takes multiples of 8 to 256)"
         if plan.implementation != KERNEL or plan.cache.dtype != torch.float16:
             return "attention is not the C kernel on an fp16 cache"
-        if not all(isinstance(m, Int8Linear) for m in linear_layers(model)):
+        if precision.int8 != C_KERNEL:  # the loader then makes every linear layer Int8Linear
             return "the linear layers are not the C int8 kernel's"
         return problem(load_kernel)
 
@@ -86,6 +87,7 @@ class CpuStep:
         query = x.new_empty(self.heads, new, self.head_dim)
         attended = x.new_empty(new, self.width)
         projected = x.new_empty(new, self.width)
+        hidden = x.new_empty(new, self.model.config.intermediate_size)
         threads = torch.get_num_threads()
         for layer, cache, (before_attention, before_mlp) in zip(
             neox.layers, layers, self.fused, strict=True
@@ -95,7 +97,6 @@ class CpuStep:
             self.linear(attention.query_key_value, x, qkv, threads, before_attention)
             self.attend(qkv, cos, sin, query, cache, past, attended, threads)
             self.linear(attention.dense, attended, projected, threads)
-            hidden = x.new_empty(new, mlp.dense_h_to_4h.out_features)
             self.linear(mlp.dense_h_to_4h, x, hidden, threads, before_mlp)
             after = x.new_empty(new, self.width)
             # parallel residuals: mlp + attention + hidden, in transformers' order
@@ -137,15 +138,6 @@ def normed(norm: torch.nn.LayerNorm, gelu: bool = False) -> Fused:
     """A layer norm before the kernel's product, and GELU after it if `gelu`."""
     weight, bias = norm.weight.detach(), norm.bias.detach()
     return Fused(weight.data_ptr(), bias.data_ptr(), norm.eps, gelu)
-
-
-def linear_layers(model) -> list[torch.nn.Module]:
-    neox = model.gpt_neox
-    layers = [model.lm_head]
-    for layer in neox.layers:
-        attention, mlp = layer.attention, layer.mlp
-        layers += [attention.query_key_value, attention.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h]
-    return layers
 
 
 @functools.cache

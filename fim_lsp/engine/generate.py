@@ -56,14 +56,16 @@ class Engine:
         self.cache = PromptCache(self.attention.cache)
         # A few new tokens after cached ones (decode steps, drafts, keystrokes) skip
         # transformers' modules where the C kernels run the whole layer.
-        self.step_problem = CpuStep.problem(model, self.attention)
+        self.step_problem = CpuStep.problem(model, precision, self.attention)
         self.step = None if self.step_problem else CpuStep(model)
-        self.steps = (
-            "C step (a few C calls per layer)"
-            if self.step
-            else f"transformers' modules ({self.step_problem})"
-        )
         self.drafted = self.accepted = 0  # running totals
+
+    @property
+    def steps(self) -> str:
+        """What runs a few new tokens, for the log."""
+        if self.step_problem:
+            return f"transformers' modules ({self.step_problem})"
+        return "C step (a few C calls per layer)"
 
     @torch.inference_mode()
     def generate(
