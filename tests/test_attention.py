@@ -39,7 +39,7 @@ def cache(heads, past, new, dim, dtype, seed=0):
     "heads, past, new, dim",
     [(16, 300, 1, 128), (4, 0, 5, 16), (3, 37, 16, 24), (2, 1000, 3, 256), (1, 1, 1, 8)],
 )
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])  # 3: uneven shares, taken from each other
 def test_kernel_matches_causal_softmax_attention(
     dtype, heads, past, new, dim, threads, monkeypatch
 ):

@@ -42,7 +42,7 @@ def quantized_reference(layer: Int8Linear, weight, bias, x):
     [(1, 2048, 64), (4, 64, 48), (5, 36, 17), (17, 256, 32), (3, 5, 1), (256, 128, 160)],
 )
 @pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])  # 3: uneven shares, taken from each other
 def test_kernel_matches_its_quantization_computed_exactly(
     tokens, inputs, outputs, with_bias, threads, monkeypatch
 ):

@@ -18,9 +18,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "shares.h"
 #include "simd.h"
 
 #define MAX_DIM 256
+#define PREFETCH 1024 /* bytes ahead: 5-10% faster than the hardware prefetcher alone here */
 
 static inline __m256 load8_f32(const float *p) { return _mm256_loadu_ps(p); }
 static inline __m256 load8_f16(const uint16_t *p) {
@@ -56,6 +58,8 @@ typedef struct {
         float top = -INFINITY;                                                                \
         for (int t = 0; t < seen; t++) {                                                      \
             const TYPE *row = keys + (long)t * dim;                                           \
+            for (int at = 0; at < dim * (int)sizeof(TYPE); at += 64)                          \
+                _mm_prefetch((const char *)row + PREFETCH + at, _MM_HINT_T0);                 \
             __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();                     \
             for (int b = 0; b + 1 < blocks; b += 2) {                                         \
                 even = _mm256_fmadd_ps(qv[b], LOAD8(row + 8 * b), even);                      \
@@ -79,6 +83,8 @@ typedef struct {
         for (int b = 0; b < blocks; b++) acc[b] = _mm256_setzero_ps();                        \
         for (int t = 0; t < seen; t++) {                                                      \
             const TYPE *row = values + (long)t * dim;                                         \
+            for (int at = 0; at < dim * (int)sizeof(TYPE); at += 64)                          \
+                _mm_prefetch((const char *)row + PREFETCH + at, _MM_HINT_T0);                 \
             const __m256 weight = _mm256_set1_ps(scores[t]);                                  \
             for (int b = 0; b < blocks; b++) acc[b] = _mm256_fmadd_ps(weight, LOAD8(row + 8 * b), acc[b]); \
         }                                                                                     \
@@ -90,7 +96,7 @@ typedef struct {
 ATTEND_ONE(attend_one_f32, float, load8_f32)
 ATTEND_ONE(attend_one_f16, uint16_t, load8_f16)
 
-/* The (head, new token) pairs are shared out over OpenMP threads. Loaded into a process that
+/* The (head, new token) pairs are shared out over OpenMP threads (shares.h). Loaded into a process that
  * has torch, this is torch's own OpenMP runtime (same soname), so these are torch's threads:
  * threads of our own would compete with torch's, which spin a while after each operator. The
  * usual head size gets its own copy, with dim a constant the compiler unrolls. */
@@ -102,14 +108,21 @@ ATTEND_ONE(attend_one_f16, uint16_t, load8_f16)
         const Job job = {query, keys, values, out, heads, dim, past, new_tokens, head_stride, scale}; \
         const int tasks = heads * new_tokens, length = past + new_tokens;                     \
         if (threads > tasks) threads = tasks;                                                 \
+        if (threads > MAX_TEAM) threads = MAX_TEAM;                                           \
         float *scratch = malloc(sizeof(float) * (size_t)threads * (size_t)length);            \
         if (!scratch) return -1;                                                              \
-        _Pragma("omp parallel for num_threads(threads) schedule(static)")                     \
-        for (int task = 0; task < tasks; task++) {                                            \
-            float *scores = scratch + (size_t)omp_get_thread_num() * (size_t)length;          \
-            int head = task / new_tokens, token = task % new_tokens;                          \
-            if (dim == 128) ONE(&job, head, token, 128, scores);                              \
-            else ONE(&job, head, token, dim, scores);                                         \
+        Share shares[MAX_TEAM];                                                               \
+        _Pragma("omp parallel num_threads(threads)")                                          \
+        {                                                                                     \
+            const int team = omp_get_num_threads(), me = omp_get_thread_num();               \
+            _Pragma("omp single")                                                             \
+            share_out(shares, team, tasks);                                                   \
+            float *scores = scratch + (size_t)me * (size_t)length;                            \
+            for (long task; (task = take(shares, team, me)) >= 0;) {                          \
+                int head = task / new_tokens, token = task % new_tokens;                      \
+                if (dim == 128) ONE(&job, head, token, 128, scores);                          \
+                else ONE(&job, head, token, dim, scores);                                     \
+            }                                                                                 \
         }                                                                                     \
         free(scratch);                                                                        \
         return 0;                                                                             \

@@ -48,6 +48,16 @@ class CpuStep:
         self.rotary = attention.rotary_ndims
         self.scaling = attention.scaling
         self.library = load_kernel()
+        # Looked up once: a module's submodules are slow to look up, 97 times a step.
+        self.products = [
+            (
+                layer.attention.query_key_value,
+                layer.attention.dense,
+                layer.mlp.dense_h_to_4h,
+                layer.mlp.dense_4h_to_h,
+            )
+            for layer in model.gpt_neox.layers
+        ]
         # The layer norms and GELU run inside the int8 kernel (see the module's docstring).
         self.fused = [
             (normed(layer.input_layernorm), normed(layer.post_attention_layernorm, gelu=True))
@@ -88,21 +98,23 @@ class CpuStep:
         attended = x.new_empty(new, self.width)
         projected = x.new_empty(new, self.width)
         hidden = x.new_empty(new, self.model.config.intermediate_size)
+        # The hidden state takes turns in two buffers: each layer reads one and writes the other,
+        # adding (parallel residuals) mlp + attention + hidden, in transformers' order.
+        states = (x, torch.empty_like(x))
+        residuals = [Fused(then_add=projected.data_ptr(), and_add=s.data_ptr()) for s in states]
         threads = torch.get_num_threads()
-        for layer, cache, (before_attention, before_mlp) in zip(
-            neox.layers, layers, self.fused, strict=True
+        for turn, (products, cache, (before_attention, before_mlp)) in enumerate(
+            zip(self.products, layers, self.fused, strict=True)
         ):
+            x, after = states[turn % 2], states[1 - turn % 2]
             cache.extend(new)
-            attention, mlp = layer.attention, layer.mlp
-            self.linear(attention.query_key_value, x, qkv, threads, before_attention)
+            query_key_value, dense, up, down = products
+            self.linear(query_key_value, x, qkv, threads, before_attention)
             self.attend(qkv, cos, sin, query, cache, past, attended, threads)
-            self.linear(attention.dense, attended, projected, threads)
-            self.linear(mlp.dense_h_to_4h, x, hidden, threads, before_mlp)
-            after = x.new_empty(new, self.width)
-            # parallel residuals: mlp + attention + hidden, in transformers' order
-            residuals = Fused(then_add=projected.data_ptr(), and_add=x.data_ptr())
-            self.linear(mlp.dense_4h_to_h, hidden, after, threads, residuals)
-            x = after
+            self.linear(dense, attended, projected, threads)
+            self.linear(up, x, hidden, threads, before_mlp)
+            self.linear(down, hidden, after, threads, residuals[turn % 2])
+        x = states[len(layers) % 2]
         head = self.model.lm_head
         logits = x.new_empty(keep, head.out_features)
         self.linear(head, x[-keep:], logits, threads, self.before_head)

@@ -37,6 +37,19 @@ class Int8Linear(torch.nn.Module):
         self.register_buffer("scale", scale)
         self.register_buffer("sums", sums)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.kernel_args = self.weights_args()
+
+    def weights_args(self) -> tuple[int, int, int, int, int, int | None]:
+        """linear.c's arguments that describe the weights: a decode step passes them 97 times,
+        so they are kept as plain numbers (a module's buffers are slow to look up)."""
+        bias = None if self.bias is None else self.bias.data_ptr()
+        return (self.in_features, self.out_features, self.packed.data_ptr(),
+                self.scale.data_ptr(), self.sums.data_ptr(), bias)  # fmt: skip
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.kernel_args = self.weights_args()  # the buffers may have moved
+        return self
 
     @classmethod
     def from_float(cls, layer: torch.nn.Linear) -> Int8Linear:
@@ -81,10 +94,8 @@ def run_into(
     """out = rows W^T + b, with what `fused` adds; rows [m, in] and out [m, out], contiguous
     fp32 (not checked: the callers make them so)."""
     failed = library.fim_linear_i8(
-        rows.data_ptr(), rows.shape[0], layer.in_features, layer.out_features,
-        layer.packed.data_ptr(), layer.scale.data_ptr(), layer.sums.data_ptr(),
-        None if layer.bias is None else layer.bias.data_ptr(), out.data_ptr(),
-        None if fused is None else ctypes.byref(fused), threads,
+        rows.data_ptr(), rows.shape[0], *layer.kernel_args, out.data_ptr(),
+        None if fused is None else ctypes.addressof(fused), threads,
     )  # fmt: skip
     if failed:
         raise MemoryError(f"no memory to quantize activations of shape {tuple(rows.shape)}")
