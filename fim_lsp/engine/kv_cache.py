@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from fim_lsp.engine import memory
+
 
 @dataclass(frozen=True)
 class CacheFormat:
@@ -71,10 +73,14 @@ class GrowingLayer(DynamicLayer):
         batch, heads, _, dim = buffer.shape
         capacity = max(2 * end, 256)
         dtype = self.form.dtype or buffer.dtype
-        if self.form.transposed:
-            bigger = buffer.new_empty((batch, heads, dim, capacity), dtype=dtype).mT
+        tokens_last = self.form.transposed
+        shape = (batch, heads, dim, capacity) if tokens_last else (batch, heads, capacity, dim)
+        if buffer.device.type == "cpu":  # on huge pages, as decode steps stream it
+            bigger = memory.empty(shape, dtype)
         else:
-            bigger = buffer.new_empty((batch, heads, capacity, dim), dtype=dtype)
+            bigger = buffer.new_empty(shape, dtype=dtype)
+        if tokens_last:
+            bigger = bigger.mT
         if length:
             bigger[..., :length, :] = buffer[..., :length, :]
         return bigger

@@ -20,6 +20,7 @@ import functools
 
 import torch
 
+from fim_lsp.engine import memory
 from fim_lsp.engine.native import NativeError, load_library, problem
 
 PANEL = 16  # outputs per packed panel, and inputs per group: as linear.c reads them
@@ -109,7 +110,8 @@ def quantize(weight: torch.Tensor, rows_at_once: int = 4096):
     """
     outputs, inputs = weight.shape
     padded = -(-inputs // GROUP) * GROUP
-    packed = torch.zeros(-(-outputs // PANEL), padded // GROUP, PANEL, GROUP, dtype=torch.int8)
+    # On huge pages, as decode steps stream it; every panel is written below, padding included.
+    packed = memory.empty((-(-outputs // PANEL), padded // GROUP, PANEL, GROUP), torch.int8)
     scale = torch.empty(outputs)
     sums = torch.empty(outputs, dtype=torch.int32)
     for start in range(0, outputs, rows_at_once):  # a multiple of PANEL: whole panels each time
