@@ -177,3 +177,13 @@ def test_fused_layer_norm_matches_torchs_before_the_product():
     # The normed rows differ from torch's in the last bits, which can move a quantized activation
     # by one step: far below the quantization's own error (3% of the product's norm).
     assert (out - expected).norm() / expected.norm() < 1e-4
+
+
+def test_the_kernel_follows_the_weights_when_they_move():
+    layer = Int8Linear(torch.randn(24, 40), torch.randn(24))
+    x = torch.randn(3, 40)
+    before, address = layer(x), layer.packed.data_ptr()
+    layer.share_memory()  # moves every buffer to new memory, through Module._apply
+    assert layer.packed.data_ptr() != address
+    assert layer.kernel_args[2] == layer.packed.data_ptr()
+    assert torch.equal(layer(x), before)

@@ -5,7 +5,9 @@ Weights are quantized once at load, symmetric, one scale per output channel.
 On a CPU, decoding reads every weight once per token, so it runs at the speed the weights stream
 from memory. Measured on 97 layers of FIM-NeoX-1.3B's shapes, one token (bench/reports/
 decode-profile-2026-11-26-int8-kernel.md): the kernel at 1.15-1.2x the time a plain sum takes to
-read the same bytes, torch's dynamic int8 layers (fbgemm) at 1.25-1.4x. For prefill it is as fast
+read the same bytes, torch's dynamic int8 layers (fbgemm) at 1.25-1.4x; since its work is shared
+out by taking from each other (shares.h), 1.09-1.16x (decode-profile-2026-11-26-huge-pages.md).
+For prefill it is as fast
 as fbgemm. It also quantizes each token's activations on their own (fbgemm: one scale per call),
 so a token's output is the same alone or in a batch, which keeps speculative decoding exact, and
 its weights have one scale per output channel (fbgemm's default: one per matrix).
