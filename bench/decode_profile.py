@@ -45,6 +45,7 @@ from tests import tiny_model  # noqa: E402
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "json" / "encoder.py"
 # Operator name fragments -> what they are, first match wins.
 KINDS = [
+    ("fim_lsp::layer", "C layers (int8 products and attention, one call each)"),
     ("linear_dynamic", "int8 linear layers (weights)"),
     ("fim_lsp::linear", "int8 linear layers (weights)"),
     ("fim_lsp::attention", "attention"),
@@ -129,16 +130,16 @@ def profile(engine, steps: int) -> tuple[dict[str, float], dict[str, float]]:
     for module, run_kernel in kernels.items():
         name = f"fim_lsp::{module.__name__.rpartition('.')[2]}"
         module.run_kernel = recorded(run_kernel, name)  # type: ignore[attr-defined]
-    if engine.step:  # the step calls the kernels itself
+    if engine.step:  # the step calls the kernels itself: a call per layer, and the output layer
+        engine.step.layer = recorded(engine.step.layer, "fim_lsp::layer")
         engine.step.linear = recorded(engine.step.linear, "fim_lsp::linear")
-        engine.step.attend = recorded(engine.step.attend, "fim_lsp::attention")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             token = int(torch.argmax(engine.forward([token])[-1]))
     for module, run_kernel in kernels.items():
         module.run_kernel = run_kernel  # type: ignore[attr-defined]
     if engine.step:
-        del engine.step.linear, engine.step.attend
+        del engine.step.layer, engine.step.linear
     by_kind: dict[str, float] = defaultdict(float)
     others: dict[str, float] = {}
     for event in prof.key_averages():

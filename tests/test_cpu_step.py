@@ -52,6 +52,17 @@ def test_step_gives_the_modules_logits_and_cache(engine, new):
         assert_close(got.float(), reference.float())
 
 
+def test_the_step_follows_weights_that_move(engine):
+    """The step reads the weights through pointers set up once: moving the model's buffers
+    (here into shared memory) must not leave it reading freed memory."""
+    with torch.inference_mode():
+        engine.forward(PROMPT)
+        before = engine.forward([7])
+        engine.cache.drop(1)
+        engine.model.share_memory()
+        assert torch.equal(engine.forward([7]), before)
+
+
 def test_steps_past_the_cache_buffers_capacity_stay_the_same(engine, tiny_model_dir):
     """Three hundred steps grow the cache's buffers (256 tokens at first) while the step writes
     into them; an engine without the step gives the same last logits."""

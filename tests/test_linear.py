@@ -185,5 +185,5 @@ def test_the_kernel_follows_the_weights_when_they_move():
     before, address = layer(x), layer.packed.data_ptr()
     layer.share_memory()  # moves every buffer to new memory, through Module._apply
     assert layer.packed.data_ptr() != address
-    assert layer.kernel_args[2] == layer.packed.data_ptr()
+    assert layer.kernel_weights.packed == layer.packed.data_ptr()
     assert torch.equal(layer(x), before)

@@ -4,6 +4,7 @@
  * Why not torch: a decode step reads the whole KV cache once per layer, so attention is memory
  * bound, and torch on a CPU without AVX-512 has no fast fp16 matmul (about 1 GB/s here). Storing
  * the cache in fp16 halves the bytes read; this kernel converts them in registers as it reads.
+ * A decode step runs it inside layer.c's team of threads (fim_attend_task_f16, fim_rope_store).
  *
  * Layouts (all contiguous along the last dimension):
  *   query [heads][new][dim] fp32, scaled here by `scale`
@@ -18,6 +19,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "kernels.h"
 #include "shares.h"
 #include "simd.h"
 
@@ -35,19 +37,10 @@ static inline float sum8(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
-typedef struct {
-    const float *query;
-    const void *keys, *values;
-    float *out;
-    int heads, dim, past, new_tokens;
-    long head_stride;
-    float scale;
-} Job;
-
 /* One (head, new token) pair: softmax(q . K^T) V over the tokens it sees, with `scores` as
  * scratch. The query is held in registers (dim / 8 of them), keys and values stream by once. */
 #define ATTEND_ONE(NAME, TYPE, LOAD8)                                                         \
-    static inline void NAME(const Job *job, int head, int token, const int dim, float *scores) { \
+    static inline void NAME(const Attention *job, int head, int token, const int dim, float *scores) { \
         const TYPE *keys = (const TYPE *)job->keys + head * job->head_stride;                 \
         const TYPE *values = (const TYPE *)job->values + head * job->head_stride;             \
         const float *q = job->query + ((long)head * job->new_tokens + token) * dim;           \
@@ -105,7 +98,7 @@ ATTEND_ONE(attend_one_f16, uint16_t, load8_f16)
              int dim, int past, int new_tokens, long head_stride, float scale, int threads) { \
         if (dim % 8 || dim > MAX_DIM || heads < 1 || new_tokens < 1 || past < 0 || threads < 1) \
             return -1;                                                                        \
-        const Job job = {query, keys, values, out, heads, dim, past, new_tokens, head_stride, scale}; \
+        const Attention job = {query, keys, values, out, heads, dim, past, new_tokens, head_stride, scale}; \
         const int tasks = heads * new_tokens, length = past + new_tokens;                     \
         if (threads > tasks) threads = tasks;                                                 \
         if (threads > MAX_TEAM) threads = MAX_TEAM;                                           \
@@ -131,6 +124,12 @@ ATTEND_ONE(attend_one_f16, uint16_t, load8_f16)
 /* Each returns 0, or -1 for arguments it does not take (the caller then uses torch). */
 ATTEND(fim_attend_f32, float, attend_one_f32)
 ATTEND(fim_attend_f16, uint16_t, attend_one_f16)
+
+void fim_attend_task_f16(const Attention *job, long task, float *scores) {
+    const int head = task / job->new_tokens, token = task % job->new_tokens;
+    if (job->dim == 128) attend_one_f16(job, head, token, 128, scores);
+    else attend_one_f16(job, head, token, job->dim, scores);
+}
 
 /* GPT-NeoX's rotary embedding on the new tokens' queries and keys, then their keys and values
  * into an fp16 cache, for a decode step (one call instead of some twenty torch operators).

@@ -1,13 +1,13 @@
-"""A forward pass of a few new tokens on a CPU, in six C calls per layer.
+"""A forward pass of a few new tokens on a CPU, in one C call per layer (`layer.c`).
 
 transformers' GPT-NeoX layer runs about forty torch operators per layer for one new token (the
 rotary embedding by slicing and concatenating, the cache write, reshapes, layer norms, GELU, the
 residual sums). Each is cheap alone, but between the int8 kernels, which stream megabytes of
 weights through the caches, each starts cold: GELU took 130 us there against 22 us alone, and the
-operators together 14-16 ms of a 100-120 ms decode step on a 2-core CPU. Here a layer is the int8
-kernel four times, with the layer norms, GELU and residual sums done inside it; one call that
-applies the rotary embedding and writes keys and values into the fp16 cache; and the attention
-kernel.
+operators together 14-16 ms of a 100-120 ms decode step on a 2-core CPU. Here a layer is one C
+call: the int8 products, with the layer norms, GELU and residual sums done inside them, the
+rotary embedding and the fp16 cache write, and attention, in three rounds of work shared by one
+team of threads (see layer.c for why).
 
 The layer norms and GELU are computed in C, so the logits differ from transformers' in the last
 bits (tested within 1e-5 of their largest, with the same greedy tokens): about as much as the
@@ -29,11 +29,43 @@ from transformers.cache_utils import Cache
 
 from fim_lsp.engine.attention import KERNEL, AttentionPlan
 from fim_lsp.engine.attention import load_kernel as load_attention
-from fim_lsp.engine.kv_cache import GrowingLayer
-from fim_lsp.engine.linear import Fused, Int8Linear, run_into
+from fim_lsp.engine.linear import Fused, Int8Linear, KernelWeights, run_into
 from fim_lsp.engine.linear import load_kernel as load_linear
 from fim_lsp.engine.native import NativeError, problem
 from fim_lsp.engine.precision import C_KERNEL, Precision
+
+
+class LayerWeights(ctypes.Structure):
+    """layer.c's `LayerWeights`: a layer's four products and its two layer norms."""
+
+    _fields_ = [
+        ("qkv", ctypes.POINTER(KernelWeights)),
+        ("dense", ctypes.POINTER(KernelWeights)),
+        ("up", ctypes.POINTER(KernelWeights)),
+        ("down", ctypes.POINTER(KernelWeights)),
+        ("before_attention", Fused),
+        ("before_mlp", Fused),
+    ]
+
+
+class LayerRun(ctypes.Structure):
+    """layer.c's `LayerRun`: what one call of a layer reads and writes."""
+
+    _fields_ = [
+        ("new_tokens", ctypes.c_int),
+        ("heads", ctypes.c_int),
+        ("dim", ctypes.c_int),
+        ("rotary", ctypes.c_int),
+        ("past", ctypes.c_int),
+        ("head_stride", ctypes.c_long),
+        ("scaling", ctypes.c_float),
+        ("cos", ctypes.c_void_p),
+        ("sin", ctypes.c_void_p),
+        ("keys", ctypes.c_void_p),
+        ("values", ctypes.c_void_p),
+        ("x", ctypes.c_void_p),
+        ("after", ctypes.c_void_p),
+    ]
 
 
 class CpuStep:
@@ -42,28 +74,25 @@ class CpuStep:
     def __init__(self, model):
         self.model = model
         attention = model.gpt_neox.layers[0].attention
-        self.width = model.config.hidden_size
         self.heads = model.config.num_attention_heads
         self.head_dim = attention.head_size
         self.rotary = attention.rotary_ndims
         self.scaling = attention.scaling
         self.library = load_kernel()
-        # Looked up once: a module's submodules are slow to look up, 97 times a step.
-        self.products = [
-            (
-                layer.attention.query_key_value,
-                layer.attention.dense,
-                layer.mlp.dense_h_to_4h,
-                layer.mlp.dense_4h_to_h,
+        self.norms: list[torch.Tensor] = []
+        # The layer norms and GELU run inside the int8 kernel (see the module's docstring).
+        self.layers = [
+            LayerWeights(
+                ctypes.pointer(layer.attention.query_key_value.kernel_weights),
+                ctypes.pointer(layer.attention.dense.kernel_weights),
+                ctypes.pointer(layer.mlp.dense_h_to_4h.kernel_weights),
+                ctypes.pointer(layer.mlp.dense_4h_to_h.kernel_weights),
+                self.normed(layer.input_layernorm),
+                self.normed(layer.post_attention_layernorm, gelu=True),
             )
             for layer in model.gpt_neox.layers
         ]
-        # The layer norms and GELU run inside the int8 kernel (see the module's docstring).
-        self.fused = [
-            (normed(layer.input_layernorm), normed(layer.post_attention_layernorm, gelu=True))
-            for layer in model.gpt_neox.layers
-        ]
-        self.before_head = normed(model.gpt_neox.final_layer_norm)
+        self.before_head = self.normed(model.gpt_neox.final_layer_norm)
 
     @staticmethod
     def problem(model, precision: Precision, plan: AttentionPlan) -> str | None:
@@ -93,47 +122,36 @@ class CpuStep:
         cos, sin = (
             t[0].contiguous() for t in neox.rotary_emb(x, torch.arange(past, past + new)[None])
         )
-        qkv = x.new_empty(new, 3 * self.width)
-        query = x.new_empty(self.heads, new, self.head_dim)
-        attended = x.new_empty(new, self.width)
-        projected = x.new_empty(new, self.width)
-        hidden = x.new_empty(new, self.model.config.intermediate_size)
-        # The hidden state takes turns in two buffers: each layer reads one and writes the other,
-        # adding (parallel residuals) mlp + attention + hidden, in transformers' order.
+        # The hidden state takes turns in two buffers: each layer reads one and writes the other.
         states = (x, torch.empty_like(x))
-        residuals = [Fused(then_add=projected.data_ptr(), and_add=s.data_ptr()) for s in states]
+        run = LayerRun(
+            new, self.heads, self.head_dim, self.rotary, past, 0, self.scaling,
+            cos.data_ptr(), sin.data_ptr(),
+        )  # fmt: skip
         threads = torch.get_num_threads()
-        for turn, (products, cache, (before_attention, before_mlp)) in enumerate(
-            zip(self.products, layers, self.fused, strict=True)
-        ):
-            x, after = states[turn % 2], states[1 - turn % 2]
-            cache.extend(new)
-            query_key_value, dense, up, down = products
-            self.linear(query_key_value, x, qkv, threads, before_attention)
-            self.attend(qkv, cos, sin, query, cache, past, attended, threads)
-            self.linear(dense, attended, projected, threads)
-            self.linear(up, x, hidden, threads, before_mlp)
-            self.linear(down, hidden, after, threads, residuals[turn % 2])
+        for turn, (weights, cache) in enumerate(zip(self.layers, layers, strict=True)):
+            cache.extend(new)  # room for the new tokens; the buffers may have moved
+            run.keys, run.values = cache.key_buffer.data_ptr(), cache.value_buffer.data_ptr()
+            run.head_stride = cache.key_buffer.stride(1)
+            run.x, run.after = states[turn % 2].data_ptr(), states[1 - turn % 2].data_ptr()
+            self.layer(weights, run, threads)
         x = states[len(layers) % 2]
         head = self.model.lm_head
         logits = x.new_empty(keep, head.out_features)
         self.linear(head, x[-keep:], logits, threads, self.before_head)
         return logits
 
-    def attend(self, qkv, cos, sin, query, cache: GrowingLayer, past: int, out, threads) -> None:
-        """Rotary embedding on the new tokens, their keys and values into `cache`, attention."""
-        new = qkv.shape[0]
-        keys, values = cache.key_buffer, cache.value_buffer
-        failed = self.library.fim_rope_store(
-            qkv.data_ptr(), new, self.heads, self.head_dim, self.rotary, cos.data_ptr(),
-            sin.data_ptr(), query.data_ptr(), keys.data_ptr(), values.data_ptr(),
-            keys.stride(1), past,
-        ) or self.library.fim_attend_f16(
-            query.data_ptr(), keys.data_ptr(), values.data_ptr(), out.data_ptr(),
-            self.heads, self.head_dim, past, new, keys.stride(1), self.scaling, threads,
-        )  # fmt: skip
-        if failed:  # arguments problem() lets through are taken: no memory for the scores
-            raise MemoryError("no memory for a decode step's attention scores")
+    def normed(self, norm: torch.nn.LayerNorm, gelu: bool = False) -> Fused:
+        """A layer norm before the kernel's product, and GELU after it if `gelu`. The norm's
+        weights are copied (a few KB) so that the pointers stay valid wherever the model's go;
+        the int8 layers keep theirs current (Int8Linear.point_kernel)."""
+        weight, bias = (p.detach().float().clone() for p in (norm.weight, norm.bias))
+        self.norms += [weight, bias]
+        return Fused(weight.data_ptr(), bias.data_ptr(), norm.eps, gelu)
+
+    def layer(self, weights: LayerWeights, run: LayerRun, threads: int) -> None:
+        if self.library.fim_layer(ctypes.byref(weights), ctypes.byref(run), threads):
+            raise MemoryError("no memory for a decode step's scratch buffers")
 
     def linear(
         self,
@@ -146,12 +164,6 @@ class CpuStep:
         run_into(self.library, layer, x, out, threads, fused)
 
 
-def normed(norm: torch.nn.LayerNorm, gelu: bool = False) -> Fused:
-    """A layer norm before the kernel's product, and GELU after it if `gelu`."""
-    weight, bias = norm.weight.detach(), norm.bias.detach()
-    return Fused(weight.data_ptr(), bias.data_ptr(), norm.eps, gelu)
-
-
 @functools.cache
 def load_kernel() -> ctypes.CDLL:
     """The C library with both kernels and `fim_rope_store` declared and checked."""
@@ -162,6 +174,8 @@ def load_kernel() -> ctypes.CDLL:
         pointer, *[number] * 4, *[pointer] * 5, ctypes.c_long, number,
     ]  # fmt: skip
     library.fim_rope_store.restype = number
+    library.fim_layer.argtypes = [pointer, pointer, number]
+    library.fim_layer.restype = number
     check(library)
     return library
 

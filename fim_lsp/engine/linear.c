@@ -4,8 +4,9 @@
  * Why not torch's (fbgemm): a decode step reads every weight once, so it is memory bound, and
  * fbgemm's int8 matrix-vector product reads at 75-85% of the rate a plain sum reaches here. This
  * one streams each thread's weights in one sequential run, with software prefetch, and shares
- * the panels out so that neither core idles at the end (shares.h). Its GEMM for
- * prefill is as fast as fbgemm's (about 200-250 GOP/s on 2 cores of an AMD EPYC).
+ * the panels out so that neither core idles at the end (shares.h). Its GEMM for prefill is as
+ * fast as fbgemm's (about 200-250 GOP/s on 2 cores of an AMD EPYC). Its pieces (kernels.h) also
+ * run inside layer.c's team of threads.
  *
  * Numbers: weights are int8, symmetric, one scale per output channel. Activations are quantized
  * per row (per token), asymmetric, to 0..127: 7 bits, so that vpmaddubsw's pairs of
@@ -13,11 +14,11 @@
  * its own row only, so a token gives the same output alone or in a batch, bit for bit.
  *
  * Layouts:
- *   x [m][k] fp32, y [m][n] fp32, bias [n] fp32 or NULL
- *   fused (cpu_step.py's decode step; NULL for a plain product): a layer norm of x's rows before
- *   the product, GELU after the bias, then two [m][n] arrays added in order (the residuals)
+ *   x [m][k] fp32, y [m][n] fp32; the weights (kernels.h's Weights): bias [n] fp32 or NULL
+ *   fused (kernels.h; layer.c's decode step, NULL for a plain product): a layer norm of x's rows
+ *   before the product, GELU after the bias, then two [m][n] arrays added in order (residuals)
  *   weights packed [ceil(n/16)][ceil(k/4)][16][4] int8: for 4 consecutive inputs, 16 outputs'
- *   weights in 64 bytes, zero where the padding runs past n or k; w_scale [n], w_sum [n] (the
+ *   weights in 64 bytes, zero where the padding runs past n or k; scale [n], sum [n] (the
  *   sum of each output's int8 weights, for the activations' zero point).
  */
 #include <immintrin.h>
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "shares.h"
 #include "simd.h"
 
@@ -89,14 +91,6 @@ static inline __attribute__((always_inline)) void dot_panel(
         }
     }
 }
-
-/* What a decode step fuses into a product; any part NULL or 0 is left out. */
-typedef struct {
-    const float *norm_weight, *norm_bias;  /* [k]: x's rows layer-normed first */
-    float norm_eps;
-    int gelu;                              /* exact GELU (erf) on y after the bias */
-    const float *then_add, *and_add;       /* [m][n]: added to y in this order, last */
-} Fused;
 
 typedef struct {
     int k, kp, n;
@@ -186,45 +180,69 @@ static void run_panel(const Job *job, int m, int p, const int8_t *panel) {
     }
 }
 
+int fim_activations_init(Activations *a, int m, int k, int normed) {
+    a->m = m, a->k = k, a->kp = (k + 3) / 4 * 4;
+    a->q = aligned_alloc(64, ((size_t)m * a->kp + 63) / 64 * 64);
+    a->scale = malloc(sizeof(float) * m);
+    a->zero = malloc(sizeof(int32_t) * m);
+    a->normed = normed ? malloc(sizeof(float) * (size_t)m * k) : NULL;
+    if (a->q && a->scale && a->zero && (a->normed || !normed)) return 0;
+    fim_activations_free(a);
+    return 1;
+}
+
+void fim_activations_free(Activations *a) {
+    free(a->q), free(a->scale), free(a->zero), free(a->normed);
+    a->q = NULL, a->scale = NULL, a->zero = NULL, a->normed = NULL;
+}
+
+void fim_quantize_row(Activations *a, const float *x, int t, const Fused *fused) {
+    const float *row = x + (long)t * a->k;
+    if (fused && fused->norm_weight) {
+        layer_norm_row(row, a->k, fused, a->normed + (long)t * a->k);
+        row = a->normed + (long)t * a->k;
+    }
+    a->scale[t] = quantize_row(row, a->k, a->kp, a->q + (long)t * a->kp, a->zero + t);
+}
+
+/* Panels per work item: about CHUNK bytes of weights, read in one sequential run. */
+static int panels_per_item(const Weights *w) {
+    const int panel = 16 * ((w->k + 3) / 4 * 4);
+    return panel >= CHUNK ? 1 : CHUNK / panel;
+}
+
+long fim_product_items(const Weights *w) {
+    const int panels = (w->n + 15) / 16, per_item = panels_per_item(w);
+    return (panels + per_item - 1) / per_item;
+}
+
+void fim_product_item(const Weights *w, const Activations *a, float *y, const Fused *fused,
+                      long item) {
+    const Job job = {w->k, a->kp, w->n, a->q, a->scale, a->zero, w->scale, w->bias, w->sum, y, fused};
+    const int panels = (w->n + 15) / 16, per_item = panels_per_item(w);
+    const int end = (item + 1) * per_item < panels ? (item + 1) * per_item : panels;
+    for (int p = item * per_item; p < end; p++) run_panel(&job, a->m, p, w->packed + (long)p * 16 * a->kp);
+}
+
 /* y = x W^T + bias, with what `fused` adds. Returns 0, or 1 when scratch memory cannot be had. */
-int fim_linear_i8(const float *x, int m, int k, int n, const int8_t *weights,
-                  const float *w_scale, const int32_t *w_sum, const float *bias, float *y,
-                  const Fused *fused, int threads) {
-    const int kp = (k + 3) / 4 * 4, panels = (n + 15) / 16;
+int fim_linear_i8(const float *x, int m, const Weights *weights, float *y, const Fused *fused,
+                  int threads) {
     if (m == 0) return 0;
-    uint8_t *q = aligned_alloc(64, ((size_t)m * kp + 63) / 64 * 64);
-    float *a_scale = malloc(sizeof(float) * m);
-    int32_t *a_zero = malloc(sizeof(int32_t) * m);
-    if (!q || !a_scale || !a_zero) {
-        free(q), free(a_scale), free(a_zero);
-        return 1;
-    }
-    const int normed = fused && fused->norm_weight;
-    float *rows = normed ? malloc(sizeof(float) * (size_t)m * k) : NULL;
-    if (normed && !rows) {
-        free(q), free(a_scale), free(a_zero);
-        return 1;
-    }
-    const Job job = {k, kp, n, q, a_scale, a_zero, w_scale, bias, w_sum, y, fused};
-    const int per_item = 16 * kp >= CHUNK ? 1 : CHUNK / (16 * kp);  /* panels */
+    const Weights w = *weights;
+    Activations a;
+    if (fim_activations_init(&a, m, w.k, fused && fused->norm_weight)) return 1;
     Share shares[MAX_TEAM];
     #pragma omp parallel num_threads(threads < MAX_TEAM ? threads : MAX_TEAM)
     {
         const int team = omp_get_num_threads();
         #pragma omp single nowait
-        share_out(shares, team, (panels + per_item - 1) / per_item);
+        share_out(shares, team, fim_product_items(&w));
         #pragma omp for schedule(static)
-        for (int t = 0; t < m; t++) {
-            const float *row = x + (long)t * k;
-            if (normed) layer_norm_row(row, k, fused, rows + (long)t * k), row = rows + (long)t * k;
-            a_scale[t] = quantize_row(row, k, kp, q + (long)t * kp, a_zero + t);
-        }
+        for (int t = 0; t < m; t++) fim_quantize_row(&a, x, t, fused);
         /* (the loop's barrier: rows quantized, work shared out) */
-        for (long item; (item = take(shares, team, omp_get_thread_num())) >= 0;) {
-            const int end = (item + 1) * per_item < panels ? (item + 1) * per_item : panels;
-            for (int p = item * per_item; p < end; p++) run_panel(&job, m, p, weights + (long)p * 16 * kp);
-        }
+        for (long item; (item = take(shares, team, omp_get_thread_num())) >= 0;)
+            fim_product_item(&w, &a, y, fused, item);
     }
-    free(q), free(a_scale), free(a_zero), free(rows);
+    fim_activations_free(&a);
     return 0;
 }

@@ -40,18 +40,22 @@ class Int8Linear(torch.nn.Module):
         self.register_buffer("scale", scale)
         self.register_buffer("sums", sums)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.kernel_args = self.weights_args()
+        # What the C kernels read the weights through; kept current, never replaced, since a
+        # decode step's layers point at it.
+        self.kernel_weights = KernelWeights()
+        self.point_kernel()
 
-    def weights_args(self) -> tuple[int, int, int, int, int, int | None]:
-        """linear.c's arguments that describe the weights: a decode step passes them 97 times,
-        so they are kept as plain numbers (a module's buffers are slow to look up)."""
+    def point_kernel(self) -> None:
+        """Set kernel_weights to the buffers as they are now."""
         bias = None if self.bias is None else self.bias.data_ptr()
-        return (self.in_features, self.out_features, self.packed.data_ptr(),
-                self.scale.data_ptr(), self.sums.data_ptr(), bias)  # fmt: skip
+        weights = self.kernel_weights
+        weights.k, weights.n = self.in_features, self.out_features
+        weights.packed, weights.scale = self.packed.data_ptr(), self.scale.data_ptr()
+        weights.sum, weights.bias = self.sums.data_ptr(), bias
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        self.kernel_args = self.weights_args()  # the buffers may have moved
+        self.point_kernel()  # the buffers may have moved
         return self
 
     @classmethod
@@ -65,8 +69,21 @@ class Int8Linear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+class KernelWeights(ctypes.Structure):
+    """An int8 linear layer's weights as the C kernels read them (kernels.h's `Weights`)."""
+
+    _fields_ = [
+        ("k", ctypes.c_int),
+        ("n", ctypes.c_int),
+        ("packed", ctypes.c_void_p),
+        ("scale", ctypes.c_void_p),
+        ("sum", ctypes.c_void_p),
+        ("bias", ctypes.c_void_p),
+    ]
+
+
 class Fused(ctypes.Structure):
-    """What a decode step fuses into the kernel's product (linear.c's `Fused`): a layer norm of
+    """What a decode step fuses into the kernel's product (kernels.h's `Fused`): a layer norm of
     the input rows first, GELU on the result, then two arrays added in order."""
 
     _fields_ = [
@@ -97,8 +114,8 @@ def run_into(
     """out = rows W^T + b, with what `fused` adds; rows [m, in] and out [m, out], contiguous
     fp32 (not checked: the callers make them so)."""
     failed = library.fim_linear_i8(
-        rows.data_ptr(), rows.shape[0], *layer.kernel_args, out.data_ptr(),
-        None if fused is None else ctypes.addressof(fused), threads,
+        rows.data_ptr(), rows.shape[0], ctypes.byref(layer.kernel_weights), out.data_ptr(),
+        None if fused is None else ctypes.byref(fused), threads,
     )  # fmt: skip
     if failed:
         raise MemoryError(f"no memory to quantize activations of shape {tuple(rows.shape)}")
@@ -174,7 +191,7 @@ def load_kernel() -> ctypes.CDLL:
     """The C library with the int8 kernel declared and checked; raises NativeError."""
     library = load_library()
     pointer, number = ctypes.c_void_p, ctypes.c_int
-    library.fim_linear_i8.argtypes = [pointer, number, number, number, *[pointer] * 6, number]
+    library.fim_linear_i8.argtypes = [pointer, number, pointer, pointer, pointer, number]
     library.fim_linear_i8.restype = ctypes.c_int
     check(library)
     return library

@@ -28,8 +28,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "linear.c")]
-HEADERS = [Path(__file__).with_name(name) for name in ("shares.h", "simd.h")]
+SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer.c", "linear.c")]
+HEADERS = [Path(__file__).with_name(name) for name in ("kernels.h", "shares.h", "simd.h")]
 CPU_FLAGS = {"avx2", "fma", "f16c"}
 BUILD_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
 
