@@ -3,7 +3,7 @@
     python bench/decode_profile.py [--model FOLDER] [--context 1000] [--blocks 6]
 
 Prefills `--context` tokens of real code for five setups (SETUPS): the engine's (the C step: the C
-int8 kernel and an fp16 KV cache read by the C attention kernel, a few C calls per layer); the
+int8 kernel and an fp16 KV cache read by the C attention kernel, one C call per layer); the
 same kernels through transformers' modules (the previous engine); torch's dynamic int8 layers with
 the same cache and attention; the fallback where the C kernels cannot run (torch's int8 layers,
 an fp32 cache stored transposed, torch's eager attention); and transformers' defaults (torch's

@@ -56,7 +56,7 @@ def test_complete_json_reports_the_run(tiny_model_dir, card_file):
     assert set(report["timings_ms"]) >= {"load", "prefill", "decode", "total"}
     assert report["quantization"].startswith("int8") and report["device"] == "cpu"
     assert report["attention"] == "C attention kernel, fp16 KV cache"
-    assert report["decode_steps"] == "C step (a few C calls per layer)"
+    assert report["decode_steps"] == "C step (one C call per layer)"
     assert 0 < report["generated_tokens"] <= 6
     assert report["prompt_tokens"] == len(report["prompt_ids"]) == 28
     plain = fim_lsp("complete", where, *flags)

@@ -65,7 +65,7 @@ class Engine:
         """What runs a few new tokens, for the log."""
         if self.step_problem:
             return f"transformers' modules ({self.step_problem})"
-        return "C step (a few C calls per layer)"
+        return "C step (one C call per layer)"
 
     @torch.inference_mode()
     def generate(
