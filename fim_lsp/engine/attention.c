@@ -89,11 +89,23 @@ static inline float sum8(__m256 v) {
 ATTEND_ONE(attend_one_f32, float, load8_f32)
 ATTEND_ONE(attend_one_f16, uint16_t, load8_f16)
 
-/* The (head, new token) pairs are shared out over OpenMP threads (shares.h). Loaded into a process that
- * has torch, this is torch's own OpenMP runtime (same soname), so these are torch's threads:
- * threads of our own would compete with torch's, which spin a while after each operator. The
- * usual head size gets its own copy, with dim a constant the compiler unrolls. */
-#define ATTEND(NAME, TYPE, ONE)                                                               \
+/* Task number `task` = head * new_tokens + token. The usual head size gets its own copy, with
+ * dim a constant the compiler unrolls. */
+#define ATTEND_TASK(NAME, ONE)                                                                \
+    void NAME(const Attention *job, long task, float *scores) {                               \
+        const int head = task / job->new_tokens, token = task % job->new_tokens;              \
+        if (job->dim == 128) ONE(job, head, token, 128, scores);                              \
+        else ONE(job, head, token, job->dim, scores);                                         \
+    }
+
+ATTEND_TASK(fim_attend_task_f32, attend_one_f32)
+ATTEND_TASK(fim_attend_task_f16, attend_one_f16)
+
+/* The (head, new token) pairs are shared out over OpenMP threads (shares.h). Loaded into a
+ * process that has torch, this is torch's own OpenMP runtime (same soname), so these are torch's
+ * threads: threads of our own would compete with torch's, which spin a while after each
+ * operator. */
+#define ATTEND(NAME, TYPE, TASK)                                                              \
     int NAME(const float *query, const TYPE *keys, const TYPE *values, float *out, int heads, \
              int dim, int past, int new_tokens, long head_stride, float scale, int threads) { \
         if (dim % 8 || dim > MAX_DIM || heads < 1 || new_tokens < 1 || past < 0 || threads < 1) \
@@ -111,25 +123,15 @@ ATTEND_ONE(attend_one_f16, uint16_t, load8_f16)
             _Pragma("omp single")                                                             \
             share_out(shares, team, tasks);                                                   \
             float *scores = scratch + (size_t)me * (size_t)length;                            \
-            for (long task; (task = take(shares, team, me)) >= 0;) {                          \
-                int head = task / new_tokens, token = task % new_tokens;                      \
-                if (dim == 128) ONE(&job, head, token, 128, scores);                          \
-                else ONE(&job, head, token, dim, scores);                                     \
-            }                                                                                 \
+            for (long task; (task = take(shares, team, me)) >= 0;) TASK(&job, task, scores);  \
         }                                                                                     \
         free(scratch);                                                                        \
         return 0;                                                                             \
     }
 
 /* Each returns 0, or -1 for arguments it does not take (the caller then uses torch). */
-ATTEND(fim_attend_f32, float, attend_one_f32)
-ATTEND(fim_attend_f16, uint16_t, attend_one_f16)
-
-void fim_attend_task_f16(const Attention *job, long task, float *scores) {
-    const int head = task / job->new_tokens, token = task % job->new_tokens;
-    if (job->dim == 128) attend_one_f16(job, head, token, 128, scores);
-    else attend_one_f16(job, head, token, job->dim, scores);
-}
+ATTEND(fim_attend_f32, float, fim_attend_task_f32)
+ATTEND(fim_attend_f16, uint16_t, fim_attend_task_f16)
 
 /* GPT-NeoX's rotary embedding on the new tokens' queries and keys, then their keys and values
  * into an fp16 cache, for a decode step (one call instead of some twenty torch operators).

@@ -50,8 +50,9 @@ typedef struct {
     float scale;
 } Attention;
 
-/* One (head, new token) pair of an fp16 cache, task = head * new_tokens + token, with `scores`
- * (past + new_tokens floats) as scratch. */
+/* One (head, new token) pair, task = head * new_tokens + token, with `scores` (past + new_tokens
+ * floats) as scratch; keys and values fp32 or fp16. */
+void fim_attend_task_f32(const Attention *job, long task, float *scores);
 void fim_attend_task_f16(const Attention *job, long task, float *scores);
 int fim_rope_store(const float *qkv, int new_tokens, int heads, int dim, int rotary,
                    const float *cos, const float *sin, float *query, uint16_t *keys,

@@ -228,20 +228,19 @@ void fim_product_item(const Weights *w, const Activations *a, float *y, const Fu
 int fim_linear_i8(const float *x, int m, const Weights *weights, float *y, const Fused *fused,
                   int threads) {
     if (m == 0) return 0;
-    const Weights w = *weights;
     Activations a;
-    if (fim_activations_init(&a, m, w.k, fused && fused->norm_weight)) return 1;
+    if (fim_activations_init(&a, m, weights->k, fused && fused->norm_weight)) return 1;
     Share shares[MAX_TEAM];
     #pragma omp parallel num_threads(threads < MAX_TEAM ? threads : MAX_TEAM)
     {
         const int team = omp_get_num_threads();
         #pragma omp single nowait
-        share_out(shares, team, fim_product_items(&w));
+        share_out(shares, team, fim_product_items(weights));
         #pragma omp for schedule(static)
         for (int t = 0; t < m; t++) fim_quantize_row(&a, x, t, fused);
         /* (the loop's barrier: rows quantized, work shared out) */
         for (long item; (item = take(shares, team, omp_get_thread_num())) >= 0;)
-            fim_product_item(&w, &a, y, fused, item);
+            fim_product_item(weights, &a, y, fused, item);
     }
     fim_activations_free(&a);
     return 0;
