@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.typing_latency import machine  # noqa: E402
+from fim_lsp.backend import GenerationOptions  # noqa: E402
 from fim_lsp.engine import choose_precision, load_engine  # noqa: E402
 from fim_lsp.engine.linear import WeightOnlyInt8Linear  # noqa: E402
 from fim_lsp.engine.precision import BITSANDBYTES, WEIGHT_ONLY  # noqa: E402
@@ -40,6 +41,11 @@ PROMPT = [50277, *([1545, 4868, 9, 89, 13, 340, 10] * 6), 50278, 1545, 4868, 502
 SETUPS = [("int8", WEIGHT_ONLY), ("int8", BITSANDBYTES), ("none", None)]
 
 
+def run(engine, prompt: list[int], count: int, drafts: int = 0, reuse: bool = True):
+    """Greedy tokens without an end token (drafting off unless asked)."""
+    return engine.generate(prompt, GenerationOptions(count, -1, 0.0, drafts, reuse))
+
+
 def int8_layers(engine) -> int:
     import bitsandbytes as bnb
 
@@ -48,18 +54,17 @@ def int8_layers(engine) -> int:
 
 
 def drafts_keep_greedy(engine, new_tokens: int = 24) -> tuple[bool, int, int]:
-    engine.draft_tokens = 0
     engine.cache.clear()
-    expected = engine.generate(PROMPT, new_tokens, end_id=-1).ids
+    expected = run(engine, PROMPT, new_tokens, drafts=0).ids
 
     def oracle(ids: list[int], limit: int) -> list[int]:
         done = len(ids) - len(PROMPT)
         draft = expected[done : done + min(limit, 4)]
         return [t if (done + i) % 3 else t + 1 for i, t in enumerate(draft)]
 
-    engine.draft_tokens, engine.draft = 8, oracle
+    engine.draft = oracle
     engine.cache.clear()
-    drafted = engine.generate(PROMPT, new_tokens, end_id=-1)
+    drafted = run(engine, PROMPT, new_tokens, drafts=8)
     del engine.draft
     return drafted.ids == expected, drafted.accepted, drafted.drafted
 
@@ -68,15 +73,14 @@ def tiny_checks(folder: Path) -> list[str]:
     lines = []
     for backend in (WEIGHT_ONLY, BITSANDBYTES):
         engine, cold = (
-            load_engine(str(folder), VOCAB, "cuda", "int8", reuse, int8_backend=backend)
-            for reuse in (True, False)
+            load_engine(str(folder), VOCAB, "cuda", "int8", int8_backend=backend) for _ in range(2)
         )
-        engine.generate(PROMPT, 16, end_id=-1)
+        run(engine, PROMPT, 16)
         same = []
         for edited in ([*PROMPT[:-1], 13, 340, 50279], [*PROMPT[:-2], 50279]):
             warm, fresh = (
-                engine.generate(edited, 16, end_id=-1),
-                cold.generate(edited, 16, end_id=-1),
+                run(engine, edited, 16),
+                run(cold, edited, 16),
             )
             same.append(f"{warm.ids == fresh.ids} ({warm.cached_tokens} cached)")
         exact, accepted, drafted = drafts_keep_greedy(engine)
@@ -101,21 +105,20 @@ def timed_setup(folder: Path, quantization: str, backend: str | None) -> dict[st
     result["load_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     result["loaded_gb"] = torch.cuda.memory_allocated() / 1e9
     torch.cuda.reset_peak_memory_stats()
-    engine.draft_tokens = 0
     for _ in range(2):  # warm-up: first calls of each shape pay one-time costs
         engine.cache.clear()
-        engine.generate(prompt, 4, end_id=-1)
-        engine.generate([*prompt[:-3], 7, 8, 9, 10, 11], 2, end_id=-1)
+        run(engine, prompt, 4)
+        run(engine, [*prompt[:-3], 7, 8, 9, 10, 11], 2)
     first, decode, warm, cold = [], [], [], []
-    for run in range(5):
+    for round_ in range(5):
         engine.cache.clear()
-        generation = engine.generate(prompt, 33, end_id=-1)
+        generation = run(engine, prompt, 33)
         first.append(generation.timings_ms["prefill"])
         decode.append(generation.timings_ms["decode"] / 32)
-        keystroke = [*prompt[:-3], 7 + run, 8, 9, 10, 11]
-        warm.append(engine.generate(keystroke, 1, end_id=-1).timings_ms["total"])
+        keystroke = [*prompt[:-3], 7 + round_, 8, 9, 10, 11]
+        warm.append(run(engine, keystroke, 1).timings_ms["total"])
         engine.cache.clear()
-        cold.append(engine.generate(keystroke, 1, end_id=-1).timings_ms["total"])
+        cold.append(run(engine, keystroke, 1).timings_ms["total"])
     result |= {
         "first_token_1000_ms": statistics.median(first),
         "decode_ms": statistics.median(decode),

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.typing_latency import machine  # noqa: E402
-from fim_lsp.document import Cursor  # noqa: E402
+from fim_lsp.documents import Cursor  # noqa: E402
 from fim_lsp.pipeline import Completer  # noqa: E402
 from fim_lsp.settings import Settings  # noqa: E402
 
@@ -78,7 +78,7 @@ def main() -> None:
         outputs = {}
         for mode, draft in (("on", args.draft_tokens), ("off", 0)):
             completer.settings = Settings(**{**vars(base), "draft_tokens": draft})
-            completer.engine.cache.clear()  # both start from the same cold cache
+            completer.backend.cache.clear()  # type: ignore[attr-defined]  # both start from the same cold cache
             done = completer.complete(cursor)
             outputs[mode] = done.raw
             total = totals[mode]
@@ -92,7 +92,7 @@ def main() -> None:
     result = {
         "machine": machine(),
         "model": args.model,
-        "precision": completer.engine.precision.reason,
+        "precision": completer.about["quantization"],
         "positions": args.positions,
         "max_new_tokens": args.max_new_tokens,
         "draft_tokens": args.draft_tokens,

@@ -102,7 +102,7 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     from fim_lsp.server import server
 
-    server.settings = settings
+    server.orchestrator.settings = settings
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         server.start_tcp(host or "127.0.0.1", int(port))
@@ -112,26 +112,27 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def complete(args: argparse.Namespace, settings: Settings) -> int:
-    from fim_lsp.document import Cursor, PositionError, offset_at
-    from fim_lsp.engine import EngineError, resolve_model
+    from fim_lsp.documents import Document, PositionError
+    from fim_lsp.engine import resolve_model
+    from fim_lsp.errors import FimLspError
     from fim_lsp.pipeline import Completer, plan
-    from fim_lsp.prompt import FimTokenizer, TokenizerError
+    from fim_lsp.prompt import FimTokenizer
 
     try:
         path, line, column = parse_location(args.where)
         text = path.read_bytes().decode("utf-8")  # keeps CRLF, as an editor would
+        document = Document(text, args.language or LANGUAGE_IDS.get(path.suffix.lower(), ""))
         # Columns count characters (code points), like compiler messages: LSP's utf-32.
-        offset = offset_at(text, types.Position(line - 1, column - 1), "utf-32")
+        place = document.place(types.Position(line - 1, column - 1), "utf-32")
     except (ValueError, OSError, PositionError) as error:
         return fail(f"{args.where}: {error}")
-    language = args.language or LANGUAGE_IDS.get(path.suffix.lower(), "")
-    cursor = Cursor(text[:offset], text[offset:], language)
+    cursor = document.cursor(place)
     started = time.perf_counter()
     try:
         if args.dry_run:
             folder = resolve_model(settings.model, tokenizer_only=True)
             tokenizer = FimTokenizer.from_file(folder / "tokenizer.json")
-            _, mode, prompt = plan(tokenizer, settings, cursor)
+            mode, prompt = plan(tokenizer, settings, cursor.normalized())
             ids = prompt.ids if prompt else []
             report = {"prompt": tokenizer.decode(ids), "prompt_ids": ids, "prompt_tokens": len(ids)}
             print(
@@ -143,12 +144,11 @@ def complete(args: argparse.Namespace, settings: Settings) -> int:
         completer = Completer.load(settings)
         load_ms = (time.perf_counter() - started) * 1000
         result = completer.complete(cursor)
-    except (EngineError, TokenizerError) as error:
+    except FimLspError as error:
         return fail(str(error))
     if not args.json:
         print(result.text)
         return 0
-    precision = completer.engine.precision
     report = {
         "completion": result.text,
         "replace_chars": result.replace_chars,
@@ -160,10 +160,7 @@ def complete(args: argparse.Namespace, settings: Settings) -> int:
         "stop_reason": result.stop_reason,
         "timings_ms": {"load": load_ms, **result.timings_ms},
         "model": settings.model,
-        "device": precision.device,
-        "quantization": precision.quantization,
-        "attention": completer.engine.attention.reason,
-        "decode_steps": completer.engine.steps,
+        **completer.about,
     }
     print(json.dumps(report, indent=2))
     return 0

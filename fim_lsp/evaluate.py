@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fim_lsp import postprocess
-from fim_lsp.document import Cursor
+from fim_lsp.documents import Cursor
 from fim_lsp.gate import Mode
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from fim_lsp.document import LINE_END, Cursor
+from fim_lsp.documents import LINE_END, Cursor
 from fim_lsp.languages import language_for, opens_block
 
 POLICIES = ("auto", "always", "never")  # the `multiline` setting

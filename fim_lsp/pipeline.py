@@ -1,4 +1,4 @@
-"""The stages in order: cursor -> gate -> prompt -> engine -> post-process -> suggestion."""
+"""The stages of one completion in order: cursor -> gate -> prompt -> backend -> finish -> text."""
 
 from __future__ import annotations
 
@@ -7,16 +7,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from fim_lsp import gate, postprocess
-from fim_lsp.document import Cursor
-from fim_lsp.engine import Engine, load_engine, resolve_model
-from fim_lsp.engine.loading import Progress, no_progress
+from fim_lsp import gate
+from fim_lsp.backend import Backend, GenerationOptions
+from fim_lsp.documents import Cursor
 from fim_lsp.gate import Mode
+from fim_lsp.postprocess import Finisher
 from fim_lsp.prompt import FimTokenizer, Prompt, build_prompt
 from fim_lsp.settings import Settings
-
-# Past this size a document is most likely generated or binary; completing in it helps nobody.
-MAX_DOCUMENT_CHARS = 8_000_000
 
 
 @dataclass
@@ -34,41 +31,45 @@ class Completion:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def unsuitable(text: str) -> str | None:
-    """Why a document gets no completions at all, or None."""
-    if len(text) > MAX_DOCUMENT_CHARS:
-        return f"the document is over {MAX_DOCUMENT_CHARS:,} characters"
-    if "\x00" in text:
-        return "the document looks binary (it contains NUL characters)"
-    return None
-
-
 def new_tokens_allowed(settings: Settings) -> int:
     return min(settings.max_new_tokens, settings.context_length // 2)
 
 
 def plan(
     tokenizer: FimTokenizer, settings: Settings, cursor: Cursor, mode: Mode | None = None
-) -> tuple[Cursor, Mode | None, Prompt | None]:
-    """The LF-normalised cursor, the mode the gate chose and the prompt (no prompt: no completion)."""
-    document = cursor.normalized()  # the model reads LF; the answer gets the file's endings
-    mode = mode or gate.decide(document, settings.multiline)
+) -> tuple[Mode | None, Prompt | None]:
+    """The mode the gate chose at an LF cursor, and the prompt (no prompt: no completion)."""
+    mode = mode or gate.decide(cursor, settings.multiline)
     if mode is None:
-        return document, None, None
+        return None, None
     budget = settings.context_length - new_tokens_allowed(settings)
-    return document, mode, build_prompt(tokenizer, document.prefix, document.suffix, budget)
+    prompt = build_prompt(tokenizer, cursor.prefix, cursor.suffix, budget, cursor.first_line)
+    return mode, prompt
 
 
 class Completer:
-    """A tokenizer and a loaded engine, answering one cursor at a time."""
+    """A tokenizer and a backend that generates, answering one cursor at a time."""
 
-    def __init__(self, settings: Settings, tokenizer: FimTokenizer, engine: Engine):
-        self.settings = settings
+    def __init__(
+        self,
+        settings: Settings,
+        tokenizer: FimTokenizer,
+        backend: Backend,
+        context_length: int,
+        about: dict[str, str] | None = None,
+    ):
+        self.settings = settings  # the default for `complete`
         self.tokenizer = tokenizer
-        self.engine = engine
+        self.backend = backend
+        self.context_length = context_length  # tokens the model was trained on
+        self.about = about or {}  # device, quantization, attention...: for status, logs, --json
 
     @classmethod
-    def load(cls, settings: Settings, progress: Progress = no_progress) -> Completer:
+    def load(cls, settings: Settings, progress=None) -> Completer:
+        """The model that `settings` names, loaded on the local engine (torch imported here)."""
+        from fim_lsp.engine import load_engine, no_progress, resolve_model
+
+        progress = progress or no_progress
         folder = resolve_model(settings.model, progress)
         tokenizer = FimTokenizer.from_file(folder / "tokenizer.json")
         engine = load_engine(
@@ -79,50 +80,44 @@ class Completer:
             progress=progress,
             folder=folder,  # resolved once: for a hub id, each resolve asks the hub
         )
-        return cls(settings, tokenizer, engine)
+        return cls(settings, tokenizer, engine, engine.context_length, engine.about())
 
     def complete(
-        self, cursor: Cursor, cancel: threading.Event | None = None, mode: Mode | None = None
+        self,
+        cursor: Cursor,
+        cancel: threading.Event | None = None,
+        mode: Mode | None = None,
+        settings: Settings | None = None,
     ) -> Completion:
-        """The suggestion at `cursor` under the current settings (greedy when temperature is 0)."""
+        """The suggestion at `cursor` (greedy when temperature is 0)."""
         started = time.perf_counter()
+        settings = settings or self.settings
         # No longer prompts than the model was trained on, whatever contextLength says.
-        context = min(self.settings.context_length, self.engine.context_length)
-        settings = dataclasses.replace(self.settings, context_length=context)
-        document, mode, prompt = plan(self.tokenizer, settings, cursor, mode)
+        context = min(settings.context_length, self.context_length)
+        settings = dataclasses.replace(settings, context_length=context)
+        document = cursor.normalized()  # the model reads LF; the answer gets the file's endings
+        mode, prompt = plan(self.tokenizer, settings, document, mode)
         if mode is None or prompt is None:
             return Completion("", stop_reason="gate")
-        max_new_tokens = new_tokens_allowed(settings)
         deadline = started + settings.max_time_ms / 1000 if settings.max_time_ms else None
-
-        def should_stop(ids: list[int]) -> bool:
-            out_of_time = deadline is not None and time.perf_counter() > deadline
-            if out_of_time and "\n" in self.tokenizer.decode(ids[-1:]):
-                return True  # end with the line just finished
-            return postprocess.stop_index(self.tokenizer.decode(ids), document, mode) is not None
-
-        self.engine.reuse_cache = settings.cache_reuse
-        self.engine.draft_tokens = settings.draft_tokens
-        generation = self.engine.generate(
-            prompt.ids,
-            max_new_tokens,
-            self.tokenizer.eot_id,
+        finisher = Finisher(self.tokenizer.decode, document, mode, deadline)
+        options = GenerationOptions(
+            max_new_tokens=new_tokens_allowed(settings),
+            end_id=self.tokenizer.eot_id,
             temperature=settings.temperature,
-            should_stop=should_stop,
-            cancel=cancel,
+            draft_tokens=settings.draft_tokens,
+            cache_reuse=settings.cache_reuse,
         )
-        raw = self.tokenizer.decode(generation.ids)
-        cleaned = (
-            None
-            if generation.stop_reason == "cancelled"
-            else postprocess.clean(raw, document, mode)
+        generation = self.backend.generate(
+            prompt.ids, options, finisher.should_stop, cancel or threading.Event()
         )
-        text = cleaned.text.replace("\n", cursor.line_ending) if cleaned else ""
-        timings = {**generation.timings_ms, "total": (time.perf_counter() - started) * 1000}
+        cancelled = generation.stop_reason == "cancelled"
+        suggestion = None if cancelled else finisher.suggestion(generation.ids)
+        text = suggestion.text.replace("\n", cursor.line_ending) if suggestion else ""
         return Completion(
             text,
-            replace_chars=cleaned.replace_chars if cleaned else 0,
-            raw=raw,
+            replace_chars=suggestion.replace_chars if suggestion else 0,
+            raw=self.tokenizer.decode(generation.ids),
             mode=mode,
             prompt_ids=prompt.ids,
             generated_tokens=len(generation.ids),
@@ -130,36 +125,8 @@ class Completer:
             drafted_tokens=generation.drafted,
             accepted_tokens=generation.accepted,
             stop_reason=generation.stop_reason,
-            timings_ms=timings,
-        )
-
-
-class ShownSuggestions:
-    """The last suggestion answered per document, so that typing it out costs no model run."""
-
-    def __init__(self) -> None:
-        self.shown: dict[str, tuple[Cursor, Completion]] = {}
-
-    def remember(self, key: str, cursor: Cursor, completion: Completion) -> None:
-        self.shown[key] = (cursor, completion)
-
-    def forget(self, key: str) -> None:
-        self.shown.pop(key, None)
-
-    def follow(self, key: str, cursor: Cursor) -> Completion | None:
-        """The rest of the shown suggestion when the user has typed its start, else None."""
-        if key not in self.shown:
-            return None
-        shown_at, completion = self.shown[key]
-        if cursor.suffix != shown_at.suffix or not cursor.prefix.startswith(shown_at.prefix):
-            return None
-        typed = cursor.prefix[len(shown_at.prefix) :]
-        if not typed or len(typed) >= len(completion.text) or not completion.text.startswith(typed):
-            return None
-        return dataclasses.replace(
-            completion,
-            text=completion.text[len(typed) :],
-            generated_tokens=0,
-            stop_reason="typed-through",
-            timings_ms={},
+            timings_ms={
+                **generation.timings_ms,
+                "total": (time.perf_counter() - started) * 1000,
+            },
         )

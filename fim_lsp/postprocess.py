@@ -14,10 +14,11 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fim_lsp.document import Cursor, to_lf
+from fim_lsp.documents import Cursor, to_lf
 from fim_lsp.gate import CLOSING, Mode, before_word, line_around
 from fim_lsp.languages import (
     Language,
@@ -99,6 +100,36 @@ def clean(raw: str, cursor: Cursor, mode: Mode) -> Suggestion | None:
     if text == ctx.right[:replace_chars]:
         return None  # it only retypes the closers already there
     return Suggestion(text.replace("\n", cursor.line_ending), replace_chars)
+
+
+class Finisher:
+    """Raw tokens so far -> the suggestion, for one request: the stop rules while decoding and the
+    cleaning after, on the same text (cut where a rule fired)."""
+
+    def __init__(
+        self,
+        decode: Callable[[list[int]], str],
+        cursor: Cursor,
+        mode: Mode,
+        deadline: float | None = None,
+    ):
+        self.decode = decode
+        self.cursor = cursor  # LF text
+        self.mode = mode
+        self.deadline = deadline  # time.perf_counter(): past it, stop at the next line end
+        self.cut: int | None = None  # where a stop rule ended the text
+
+    def should_stop(self, ids: Sequence[int]) -> bool:
+        text = self.decode(list(ids))
+        out_of_time = self.deadline is not None and time.perf_counter() > self.deadline
+        if out_of_time and "\n" in self.decode(list(ids[-1:])):
+            self.cut = text.rindex("\n") + 1
+            return True
+        self.cut = stop_index(text, self.cursor, self.mode)
+        return self.cut is not None
+
+    def suggestion(self, ids: Sequence[int]) -> Suggestion | None:
+        return clean(self.decode(list(ids))[: self.cut], self.cursor, self.mode)
 
 
 # ---- context ---------------------------------------------------------------------------------

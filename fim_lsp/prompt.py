@@ -9,16 +9,14 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from fim_lsp.errors import TokenizerError
+
 SUF, PRE, MID, EOT = "<|SUF|>", "<|PRE|>", "<|MID|>", "<|endoftext|>"
 
 # The window moves in whole chunks of lines, so typing at the cursor does not shift where the
 # prefix or suffix is cut and the engine can keep reusing its KV cache.
 LINES_PER_CHUNK = 16
 SUFFIX_SHARE = 0.25  # the suffix gets at most this part of the budget when both sides are long
-
-
-class TokenizerError(ValueError):
-    """A tokenizer that cannot build FIM prompts."""
 
 
 class FimTokenizer:
@@ -79,18 +77,21 @@ class Prompt:
     suffix_cut: int  # characters of the suffix left out (from its bottom)
 
 
-def build_prompt(tokenizer: FimTokenizer, prefix: str, suffix: str, budget: int) -> Prompt:
+def build_prompt(
+    tokenizer: FimTokenizer, prefix: str, suffix: str, budget: int, first_line: int = 0
+) -> Prompt:
     """`[SUF] suffix [PRE] prefix [MID]` in at most `budget` tokens, sentinels included.
 
     The prefix is cut from the top and the suffix from the bottom, at chunk boundaries of whole
-    lines where possible; the sentinels are never cut.
+    lines where possible; the sentinels are never cut. `first_line` is the document's line
+    number where `prefix` starts (the prefix may be a window of a longer document).
     """
     room = budget - 3
     if room < 1:
         raise ValueError(f"a budget of {budget} tokens leaves no room for text")
     suffix_room = max(room - count_up_to(tokenizer, prefix, room), int(room * SUFFIX_SHARE))
     suffix_ids, suffix_kept = fit_suffix(tokenizer, suffix, suffix_room)
-    prefix_ids, prefix_kept = fit_prefix(tokenizer, prefix, room - len(suffix_ids))
+    prefix_ids, prefix_kept = fit_prefix(tokenizer, prefix, room - len(suffix_ids), first_line)
     ids = [tokenizer.suf_id, *suffix_ids, tokenizer.pre_id, *prefix_ids, tokenizer.mid_id]
     return Prompt(
         ids,
@@ -113,16 +114,20 @@ def fits(tokenizer: FimTokenizer, text: str, room: int) -> bool:
     return count_up_to(tokenizer, text, room) <= room
 
 
-def fit_prefix(tokenizer: FimTokenizer, prefix: str, room: int) -> tuple[list[int], int]:
+def fit_prefix(
+    tokenizer: FimTokenizer, prefix: str, room: int, first_line: int = 0
+) -> tuple[list[int], int]:
     """The prefix's tail in at most `room` tokens and its length in characters.
 
-    Cut at a chunk boundary counted from the top of the file: lines above the cursor keep their
-    numbers while the user types, so the cut stays put until the prefix outgrows its room.
+    Cut at a chunk boundary counted from the top of the file (the prefix's first line is line
+    `first_line`): lines above the cursor keep their numbers while the user types, so the cut
+    stays put until the prefix outgrows its room.
     """
     if room <= 0:
         return [], 0
-    ends = line_ends(prefix)
-    for starts in ([0, *ends[LINES_PER_CHUNK - 1 :: LINES_PER_CHUNK]], [0, *ends]):
+    ends = line_ends(prefix)  # ends[j]: just after line first_line + j
+    boundaries = ends[(LINES_PER_CHUNK - 1 - first_line) % LINES_PER_CHUNK :: LINES_PER_CHUNK]
+    for starts in ([0, *boundaries], [0, *ends]):
         start = search_first_fitting(starts, lambda at: fits(tokenizer, prefix[at:], room))
         if start is not None:
             return tokenizer.encode(prefix[start:]), len(prefix) - start

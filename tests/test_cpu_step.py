@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fim_lsp.backend import GenerationOptions
 from fim_lsp.engine import load_engine
 from fim_lsp.engine.cpu_step import check, load_kernel
 from fim_lsp.engine.native import NativeError
@@ -85,7 +86,8 @@ def test_generation_uses_the_step_and_keeps_the_greedy_tokens(engine, tiny_model
     calls = []
     step = engine.step
     engine.step = lambda kv, ids, keep: calls.append(len(ids)) or step(kv, ids, keep)
-    assert engine.generate(PROMPT, 20, end_id=-1).ids == plain.generate(PROMPT, 20, end_id=-1).ids
+    options = GenerationOptions(20, end_id=-1)
+    assert engine.generate(PROMPT, options).ids == plain.generate(PROMPT, options).ids
     assert calls and max(calls) <= 16  # decode steps and draft checks, not the prompt
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from fim_lsp.backend import GenerationOptions
 from fim_lsp.engine import EngineError, choose_precision, load_engine, resolve_model
 from fim_lsp.engine.attention import KERNEL
 
@@ -31,11 +32,26 @@ def reference_greedy(folder, prompt: list[int], count: int) -> list[int]:
     return ids[len(prompt) :]
 
 
+def generate(
+    engine,
+    prompt,
+    count,
+    end_id=-1,
+    temperature=0.0,
+    seed=None,
+    draft_tokens=8,
+    cache_reuse=True,
+    **kwargs,
+):
+    options = GenerationOptions(count, end_id, temperature, draft_tokens, cache_reuse, seed)
+    return engine.generate(prompt, options, **kwargs)
+
+
 PROMPT = [50277, 32488, 535, 50274, 18891, 426, 1269, 559, 340, 50278, 1545, 4868, 9, 89, 50279]
 
 
 def test_decode_loop_with_cache_matches_recomputing_everything(engine, tiny_model_dir):
-    generation = engine.generate(PROMPT, 12, end_id=-1)
+    generation = generate(engine, PROMPT, 12, end_id=-1)
     # The C kernel reads the cache (fp32 without quantization); reason says why if it cannot.
     assert engine.model.config._attn_implementation == KERNEL, engine.attention.reason
     assert generation.ids == reference_greedy(tiny_model_dir, PROMPT, 12)
@@ -44,37 +60,35 @@ def test_decode_loop_with_cache_matches_recomputing_everything(engine, tiny_mode
 
 
 def test_padded_vocabulary_rows_are_never_generated(engine):
-    generation = engine.generate(PROMPT, 20, end_id=-1, temperature=5.0, seed=1)
+    generation = generate(engine, PROMPT, 20, end_id=-1, temperature=5.0, seed=1)
     assert max(generation.ids) < VOCAB
 
 
 def test_reused_cache_gives_the_same_tokens_as_a_cold_run(engine, tiny_model_dir):
-    cold = load_engine(
-        str(tiny_model_dir), VOCAB, device="cpu", quantization="none", reuse_cache=False
-    )
-    engine.generate(PROMPT, 8, end_id=-1)
+    cold = load_engine(str(tiny_model_dir), VOCAB, device="cpu", quantization="none")
+    generate(engine, PROMPT, 8, end_id=-1)
     for prompt in (
         [*PROMPT[:-1], 13, 340, 50279],  # typed two more tokens at the cursor
         [*PROMPT[:-2], 50279],  # backspace
         [*PROMPT[:3], 999, 998, *PROMPT[5:]],  # an edit higher up in the suffix
     ):
-        warm = engine.generate(prompt, 8, end_id=-1)
-        assert warm.ids == cold.generate(prompt, 8, end_id=-1).ids
+        warm = generate(engine, prompt, 8, end_id=-1)
+        assert warm.ids == generate(cold, prompt, 8, cache_reuse=False).ids
         assert warm.cached_tokens > 0
-        assert cold.cache.ids == prompt + cold.generate(prompt, 8, end_id=-1).ids[:-1]
+        assert cold.cache.ids == prompt + generate(cold, prompt, 8, cache_reuse=False).ids[:-1]
     typed = [*PROMPT[:-1], 13, 340, 50279]
-    engine.generate(PROMPT, 8, end_id=-1)
-    assert engine.generate(typed, 1, end_id=-1).cached_tokens == len(PROMPT) - 1
+    generate(engine, PROMPT, 8, end_id=-1)
+    assert generate(engine, typed, 1, end_id=-1).cached_tokens == len(PROMPT) - 1
 
 
 def test_end_token_stops_and_is_not_returned(engine):
-    first = engine.generate(PROMPT, 5, end_id=-1).ids
-    generation = engine.generate(PROMPT, 5, end_id=first[2])
+    first = generate(engine, PROMPT, 5, end_id=-1).ids
+    generation = generate(engine, PROMPT, 5, end_id=first[2])
     assert generation.ids == first[:2] and generation.stop_reason == "end"
 
 
 def test_should_stop_ends_generation_at_once(engine):
-    generation = engine.generate(PROMPT, 30, end_id=-1, should_stop=lambda ids: len(ids) == 4)
+    generation = generate(engine, PROMPT, 30, end_id=-1, should_stop=lambda ids: len(ids) == 4)
     assert len(generation.ids) == 4 and generation.stop_reason == "stop"
 
 
@@ -86,8 +100,8 @@ def test_cancel_stops_within_one_token(engine):
             cancel.set()  # as the server's loop would, from another thread
         return False
 
-    generation = engine.generate(
-        PROMPT, 50, end_id=-1, should_stop=cancel_after_three, cancel=cancel
+    generation = generate(
+        engine, PROMPT, 50, end_id=-1, should_stop=cancel_after_three, cancel=cancel
     )
     assert len(generation.ids) == 3 and generation.stop_reason == "cancelled"
 
@@ -95,7 +109,7 @@ def test_cancel_stops_within_one_token(engine):
 def test_cancel_before_prefill_runs_nothing(engine):
     cancel = threading.Event()
     cancel.set()
-    generation = engine.generate([*PROMPT[:-1], 7, 50279], 5, end_id=-1, cancel=cancel)
+    generation = generate(engine, [*PROMPT[:-1], 7, 50279], 5, end_id=-1, cancel=cancel)
     assert generation.ids == [] and generation.stop_reason == "cancelled"
 
 
@@ -107,7 +121,7 @@ def test_int8_loads_through_bitsandbytes_on_cpu(tiny_model_dir):
     )
     layers = [m for m in engine.model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
     assert layers and engine.precision.int8 == "bitsandbytes"
-    assert len(engine.generate(PROMPT, 4, end_id=-1).ids) == 4
+    assert len(generate(engine, PROMPT, 4, end_id=-1).ids) == 4
 
 
 def test_int8_through_torch_dynamic_layers_on_cpu(tiny_model_dir):
@@ -120,7 +134,7 @@ def test_int8_through_torch_dynamic_layers_on_cpu(tiny_model_dir):
     assert any(isinstance(m, DynamicLinear) for m in modules)
     assert not any(type(m) is torch.nn.Linear for m in modules)  # lm_head included
     assert {p.dtype for p in engine.model.parameters()} == {torch.float32}
-    assert len(engine.generate(PROMPT, 4, end_id=-1).ids) == 4
+    assert len(generate(engine, PROMPT, 4, end_id=-1).ids) == 4
 
 
 def test_int8_through_the_c_kernel_on_cpu(tiny_model_dir):
@@ -133,7 +147,7 @@ def test_int8_through_the_c_kernel_on_cpu(tiny_model_dir):
     assert sum(isinstance(m, Int8Linear) for m in modules) == 2 * 4 + 1  # lm_head included
     assert not any(type(m) is torch.nn.Linear for m in modules)
     assert {p.dtype for p in engine.model.parameters()} == {torch.float32}
-    assert len(engine.generate(PROMPT, 4, end_id=-1).ids) == 4
+    assert len(generate(engine, PROMPT, 4, end_id=-1).ids) == 4
 
 
 def test_int8_with_weight_only_layers(tiny_model_dir):
@@ -141,31 +155,31 @@ def test_int8_with_weight_only_layers(tiny_model_dir):
     from fim_lsp.engine.linear import WeightOnlyInt8Linear
 
     warm, cold = (
-        load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", reuse, int8_backend="weight-only")
-        for reuse in (True, False)
+        load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", int8_backend="weight-only")
+        for _ in range(2)
     )
     modules = list(warm.model.modules())
     assert sum(isinstance(m, WeightOnlyInt8Linear) for m in modules) == 2 * 4 + 1
     assert not any(type(m) is torch.nn.Linear for m in modules)
-    warm.generate(PROMPT, 8, end_id=-1)
+    generate(warm, PROMPT, 8, end_id=-1)
     typed = [*PROMPT[:-1], 13, 340, 50279]
-    generation = warm.generate(typed, 8, end_id=-1)
+    generation = generate(warm, typed, 8, end_id=-1)
     assert generation.cached_tokens == len(PROMPT) - 1
-    assert generation.ids == cold.generate(typed, 8, end_id=-1).ids
+    assert generation.ids == generate(cold, typed, 8, cache_reuse=False).ids
 
 
 def test_int8_engine_keeps_keys_and_values_in_fp16_and_reuse_matches_a_cold_run(tiny_model_dir):
     warm, cold = (
-        load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", reuse, int8_backend="c-kernel")
-        for reuse in (True, False)
+        load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", int8_backend="c-kernel")
+        for _ in range(2)
     )
     assert warm.attention.implementation == KERNEL, warm.attention.reason
-    warm.generate(PROMPT, 8, end_id=-1)
+    generate(warm, PROMPT, 8, end_id=-1)
     assert {layer.keys.dtype for layer in warm.cache.kv.layers} == {torch.float16}
     typed = [*PROMPT[:-1], 13, 340, 50279]
-    generation = warm.generate(typed, 8, end_id=-1)
+    generation = generate(warm, typed, 8, end_id=-1)
     assert generation.cached_tokens == len(PROMPT) - 1
-    assert generation.ids == cold.generate(typed, 8, end_id=-1).ids
+    assert generation.ids == generate(cold, typed, 8, cache_reuse=False).ids
 
 
 def test_cpu_int8_backend_is_chosen_by_measurement():
@@ -232,12 +246,11 @@ def test_a_folder_without_weights_is_a_clear_error(tmp_path, tiny_model_dir):
 
 def test_prompt_lookup_drafts_keep_exactly_the_greedy_tokens(tiny_model_dir):
     plain = load_engine(str(tiny_model_dir), VOCAB, device="cpu", quantization="none")
-    plain.draft_tokens = 0
     drafting = load_engine(str(tiny_model_dir), VOCAB, device="cpu", quantization="none")
     # A prompt that repeats itself, so that the n-gram lookup finds drafts.
     repeated = [50277, *([1545, 4868, 9, 89, 13, 340, 10] * 6), 50278, 1545, 4868, 50279]
-    expected = plain.generate(repeated, 40, end_id=-1).ids
-    assert drafting.generate(repeated, 40, end_id=-1).ids == expected
+    expected = generate(plain, repeated, 40, draft_tokens=0).ids
+    assert generate(drafting, repeated, 40, end_id=-1).ids == expected
     assert expected == reference_greedy(tiny_model_dir, repeated, 40)
     assert drafting.drafted > 0
     assert drafting.cache.ids == repeated + expected[:-1]  # rejected drafts left the cache
@@ -252,8 +265,7 @@ def test_int8_drafts_keep_exactly_the_greedy_tokens(tiny_model_dir):
         load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", int8_backend="c-kernel")
         for _ in range(2)
     )
-    plain.draft_tokens = 0
-    expected = plain.generate(PROMPT, 30, end_id=-1).ids
+    expected = generate(plain, PROMPT, 30, draft_tokens=0).ids
 
     def oracle(ids: list[int], limit: int) -> list[int]:
         done = len(ids) - len(PROMPT)
@@ -261,7 +273,7 @@ def test_int8_drafts_keep_exactly_the_greedy_tokens(tiny_model_dir):
         return [t if (done + i) % 3 else t + 1 for i, t in enumerate(draft)]
 
     drafting.draft = oracle
-    assert drafting.generate(PROMPT, 30, end_id=-1).ids == expected
+    assert generate(drafting, PROMPT, 30, end_id=-1).ids == expected
     assert 0 < drafting.accepted < drafting.drafted
 
 
@@ -269,10 +281,10 @@ def test_drafts_shrink_after_a_miss_and_grow_after_a_hit(engine, tiny_model_dir)
     engine.cache.clear()
     engine.prefill(PROMPT, threading.Event())
     greedy = reference_greedy(tiny_model_dir, PROMPT, 5)
-    engine.draft_tokens, engine.draft_length = 8, 4
-    assert engine.verify(greedy[0], [999, 998]) == [greedy[1]]  # a miss
+    engine.draft_length = 4
+    assert engine.verify(greedy[0], [999, 998], 8) == [greedy[1]]  # a miss
     assert engine.draft_length == 3
-    assert engine.verify(greedy[1], greedy[2:4]) == greedy[2:5]  # a hit, and the next token
+    assert engine.verify(greedy[1], greedy[2:4], 8) == greedy[2:5]  # a hit, and the next token
     assert engine.draft_length == 5
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fim_lsp.document import Cursor
+from fim_lsp.documents import Cursor
 from fim_lsp.gate import Mode, before_word, code_to_the_right, decide, line_around
 
 SINGLE, MULTI = Mode.SINGLE_LINE, Mode.MULTI_LINE

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fim_lsp import postprocess as pp
-from fim_lsp.document import Cursor
+from fim_lsp.documents import Cursor
 from fim_lsp.gate import Mode, decide
 from fim_lsp.postprocess import Suggestion, clean, context, stop_index
 

@@ -1,57 +1,60 @@
-"""The one worker: latest request per document wins, cancelled work stops, every call returns."""
+"""The one worker: the latest request wins, superseded ones are answered at once, cancels stop work."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from fim_lsp.scheduler import Scheduler
 
 
-def slow_job(started: threading.Event, seen: list[str], name: str):
+def slow_job(started: threading.Event, seen: list[str], name: str, stop_delay: float = 0.0):
     def work(cancel: threading.Event) -> str:
         started.set()
         while not cancel.wait(0.01):
             pass
+        time.sleep(stop_delay)  # a forward pass that finishes before the flag is seen
         seen.append(name)
         return f"{name} stopped"
 
     return work
 
 
-async def test_a_newer_request_for_the_document_cancels_the_older():
+async def wait_for(event: threading.Event) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, event.wait)
+
+
+async def test_a_newer_request_stops_the_running_one_which_is_answered_at_once():
     scheduler = Scheduler()
     started, seen = threading.Event(), []
-    older = asyncio.ensure_future(scheduler.run("doc", slow_job(started, seen, "older")))
-    await asyncio.get_running_loop().run_in_executor(None, started.wait)
-    newer = await scheduler.run("doc", lambda cancel: "newer done")
-    assert await older == "older stopped"  # answered, with what it had
-    assert newer == "newer done" and seen == ["older"]
+    older = asyncio.ensure_future(scheduler.run(slow_job(started, seen, "older", stop_delay=0.5)))
+    await wait_for(started)
+    newer = asyncio.ensure_future(scheduler.run(lambda cancel: "newer done"))
+    began = time.perf_counter()
+    assert await older is None  # answered before the worker is free again
+    assert time.perf_counter() - began < 0.3
+    assert await newer == "newer done" and seen == ["older"]
 
 
-async def test_a_queued_request_that_was_superseded_does_not_run():
+async def test_the_newest_request_wins_across_documents():
     scheduler = Scheduler()
     started, ran = threading.Event(), []
-    blocker = asyncio.ensure_future(scheduler.run("other", slow_job(started, [], "blocker")))
-    await asyncio.get_running_loop().run_in_executor(None, started.wait)
-    first = asyncio.ensure_future(scheduler.run("doc", lambda cancel: ran.append("first")))
-    await asyncio.sleep(0.05)
-    second = asyncio.ensure_future(scheduler.run("doc", lambda cancel: ran.append("second")))
-    await asyncio.sleep(0.05)
-    scheduler.latest["other"].set()
-    await asyncio.gather(blocker, first, second)
-    assert ran == ["second"]
-    assert await first is None
+    blocker = asyncio.ensure_future(scheduler.run(slow_job(started, [], "blocker")))
+    await wait_for(started)
+    queued = [
+        asyncio.ensure_future(scheduler.run(lambda cancel, n=n: ran.append(n) or n))
+        for n in range(20)
+    ]
+    results = await asyncio.gather(blocker, *queued)
+    assert ran == [19] and results == [None] * 20 + [19]
 
 
 async def test_debounce_lets_only_the_last_of_a_burst_run():
     scheduler = Scheduler()
     ran: list[int] = []
     results = await asyncio.gather(
-        *(
-            scheduler.run("doc", lambda cancel, n=n: ran.append(n) or n, debounce_s=0.05)
-            for n in range(5)
-        )
+        *(scheduler.run(lambda cancel, n=n: ran.append(n) or n, debounce_s=0.05) for n in range(5))
     )
     assert ran == [4] and results == [None, None, None, None, 4]
 
@@ -59,9 +62,23 @@ async def test_debounce_lets_only_the_last_of_a_burst_run():
 async def test_cancelling_the_request_sets_the_flag_the_engine_checks():
     scheduler = Scheduler()
     started, seen = threading.Event(), []
-    task = asyncio.ensure_future(scheduler.run("doc", slow_job(started, seen, "job")))
-    await asyncio.get_running_loop().run_in_executor(None, started.wait)
+    task = asyncio.ensure_future(scheduler.run(slow_job(started, seen, "job")))
+    await wait_for(started)
     task.cancel()
     await asyncio.sleep(0.2)
     assert task.cancelled() and seen == ["job"]
-    assert "doc" not in scheduler.latest
+    assert scheduler.current is None
+
+
+async def test_an_error_reaches_the_request_that_is_still_wanted():
+    scheduler = Scheduler()
+
+    def broken(cancel: threading.Event) -> None:
+        raise RuntimeError("broken model")
+
+    try:
+        await scheduler.run(broken)
+    except RuntimeError as error:
+        assert "broken model" in str(error)
+    else:
+        raise AssertionError("the error was lost")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from fim_lsp.engine.errors import EngineError
 from fim_lsp.engine.precision import C_KERNEL, TORCH_DYNAMIC, WEIGHT_ONLY, quantize_linear
 from fim_lsp.engine.streaming import load_int8_by_module
+from fim_lsp.errors import EngineError
 
 IDS = torch.tensor([[50277, 32488, 535, 50274, 18891, 50278, 1545, 4868, 9, 89, 50279]])
 

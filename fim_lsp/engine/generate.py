@@ -5,42 +5,26 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
+from fim_lsp.backend import Generation, GenerationOptions
 from fim_lsp.engine.attention import KERNEL_MAX_NEW_TOKENS, choose_attention
 from fim_lsp.engine.cpu_step import CpuStep
-from fim_lsp.engine.errors import EngineError
 from fim_lsp.engine.kv_cache import PromptCache
 from fim_lsp.engine.precision import Precision
+from fim_lsp.errors import EngineError
 
 # Prefill runs in chunks so that a cancel is seen between them; what was prefilled stays cached.
 PREFILL_CHUNK = 256
 
 
-@dataclass
-class Generation:
-    ids: list[int]  # generated token ids, without the end-of-text token
-    prompt_tokens: int
-    cached_tokens: int  # prompt tokens whose KV came from the cache
-    stop_reason: str  # "end", "length", "stop", "cancelled"
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    drafted: int = 0  # prompt-lookup draft tokens verified, and how many the model agreed with
-    accepted: int = 0
-
-
 class Engine:
     """One loaded model and its cache. Not thread-safe: the scheduler's one worker owns it."""
 
-    def __init__(
-        self,
-        model,
-        precision: Precision,
-        vocab_size: int,
-        reuse_cache: bool = True,
-        draft_tokens: int = 8,
-    ):
+    name = "local"
+
+    def __init__(self, model, precision: Precision, vocab_size: int):
         self.attention = choose_attention(precision)
         model.set_attn_implementation(self.attention.implementation)
         self.model = model
@@ -48,11 +32,9 @@ class Engine:
         self.device = torch.device(precision.device)
         self.vocab_size = vocab_size  # logits past it are never sampled
         self.context_length = model.config.max_position_embeddings  # tokens it was trained on
-        self.reuse_cache = reuse_cache
-        self.draft_tokens = draft_tokens  # longest prompt-lookup draft; 0 turns drafting off
         # Draft length now: +2 after a fully accepted draft, -1 after a miss (transformers'
         # "heuristic" schedule), so that drafts the model keeps rejecting stay short and cheap.
-        self.draft_length = max(1, draft_tokens)  # drafting turned on later starts from here
+        self.draft_length = 8
         self.cache = PromptCache(self.attention.cache)
         # A few new tokens after cached ones (decode steps, drafts, keystrokes) skip
         # transformers' modules where the C kernels run the whole layer.
@@ -67,26 +49,34 @@ class Engine:
             return f"transformers' modules ({self.step_problem})"
         return "C step (one C call per layer)"
 
+    def about(self) -> dict[str, str]:
+        """What runs the model, for the status, the log and `fim-lsp complete --json`."""
+        return {
+            "device": self.precision.device,
+            "quantization": self.precision.quantization,
+            "attention": self.attention.reason,
+            "decode_steps": self.steps,
+        }
+
     @torch.inference_mode()
     def generate(
         self,
         prompt: list[int],
-        max_new_tokens: int,
-        end_id: int,
-        temperature: float = 0.0,
-        should_stop: Callable[[list[int]], bool] | None = None,
+        options: GenerationOptions,
+        should_stop: Callable[[list[int]], bool] = lambda ids: False,
         cancel: threading.Event | None = None,
-        seed: int | None = None,
     ) -> Generation:
-        """Generate up to `max_new_tokens` after `prompt`.
+        """Generate after `prompt` (the Backend interface).
 
-        Stops at `end_id`, when `should_stop(generated_ids)` says so, or when `cancel` is set
-        (checked before every forward pass). A cancelled generation returns what it has.
+        Stops at the end token, after `options.max_new_tokens`, when `should_stop(generated_ids)`
+        says so, or when `cancel` is set (checked before every forward pass). A cancelled
+        generation returns what it has.
         """
         started = time.perf_counter()
         cancel = cancel or threading.Event()
+        seed = options.seed
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
-        if not self.reuse_cache:
+        if not options.cache_reuse:
             self.cache.clear()
         generated: list[int] = []
         drafted, accepted = self.drafted, self.accepted
@@ -94,15 +84,16 @@ class Engine:
             cached = self.cache.keep(prompt)
             logits = self.prefill(prompt[cached:], cancel)
             # Sampling waits for a GPU's queued work: prefill's time ends with its first token.
-            first = None if logits is None else self.sample(logits[-1], temperature, generator)
+            first = (
+                None if logits is None else self.sample(logits[-1], options.temperature, generator)
+            )
             prefilled_at = time.perf_counter()
             if first is None:
                 stop_reason = "cancelled"
             else:
                 stop_reason = self.decode(
-                    prompt, generated, first,
-                    max_new_tokens, end_id, temperature, generator, should_stop, cancel,
-                )  # fmt: skip
+                    prompt, generated, first, options, generator, should_stop, cancel
+                )
         except BaseException as error:
             self.cache.clear()  # a forward pass that broke off may have grown some layers only
             if isinstance(error, torch.OutOfMemoryError):
@@ -128,22 +119,21 @@ class Engine:
         prompt: list[int],
         generated: list[int],
         first: int,
-        max_new_tokens: int,
-        end_id: int,
-        temperature: float,
+        options: GenerationOptions,
         generator: torch.Generator | None,
-        should_stop: Callable[[list[int]], bool] | None,
+        should_stop: Callable[[list[int]], bool],
         cancel: threading.Event,
     ) -> str:
         """Append tokens to `generated` until a stop; returns the stop reason."""
+        max_new_tokens, temperature = options.max_new_tokens, options.temperature
         # Tokens decided but not yet returned; all but the last are already in the cache.
         decided = [first]
         while True:
             token = decided.pop(0)
-            if token == end_id:
+            if token == options.end_id:
                 return "end"
             generated.append(token)
-            if should_stop is not None and should_stop(generated):
+            if should_stop(generated):
                 return "stop"
             if len(generated) >= max_new_tokens:
                 return "length"
@@ -152,16 +142,17 @@ class Engine:
             if cancel.is_set():
                 return "cancelled"
             room = max_new_tokens - len(generated) - 1
-            draft = self.draft(prompt + generated, room) if temperature <= 0 else []
+            limit = min(room, self.draft_length, options.draft_tokens)
+            draft = self.draft(prompt + generated, limit) if temperature <= 0 else []
             if draft:
-                decided = self.verify(token, draft)
+                decided = self.verify(token, draft, options.draft_tokens)
             else:
                 decided = [self.sample(self.forward([token])[-1], temperature, generator)]
 
-    def draft(self, ids: list[int], limit: int) -> list[int]:
+    @staticmethod
+    def draft(ids: list[int], limit: int) -> list[int]:
         """Prompt-lookup drafting: the tokens that followed the last earlier occurrence of the
         sequence's final n-gram (code repeats its own names and lines a lot)."""
-        limit = min(limit, self.draft_length, self.draft_tokens)
         if limit <= 0:
             return []
         for n in (3, 2):
@@ -171,7 +162,7 @@ class Engine:
                     return ids[start + n : start + n + limit]
         return []
 
-    def verify(self, token: int, draft: list[int]) -> list[int]:
+    def verify(self, token: int, draft: list[int], longest: int) -> list[int]:
         """Run `token` and the draft in one forward pass; keep the draft's longest prefix that
         greedy decoding would have produced, plus the model's own next token (exactly greedy)."""
         predicted = torch.argmax(
@@ -182,7 +173,7 @@ class Engine:
             accepted += 1
         self.cache.drop(len(draft) - accepted)
         missed = accepted < len(draft)
-        longer = min(self.draft_tokens, self.draft_length + 2)
+        longer = min(longest, self.draft_length + 2)
         self.draft_length = max(1, self.draft_length - 1) if missed else longer
         self.drafted += len(draft)
         self.accepted += accepted

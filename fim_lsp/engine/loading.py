@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from fim_lsp.engine.errors import EngineError
 from fim_lsp.engine.generate import Engine
 from fim_lsp.engine.precision import (
     BITSANDBYTES,
@@ -22,6 +21,7 @@ from fim_lsp.engine.precision import (
     choose_precision,
 )
 from fim_lsp.engine.streaming import load_int8_by_module
+from fim_lsp.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,6 @@ def load_engine(
     vocab_size: int,
     device: str = "auto",
     quantization: str = "int8",
-    reuse_cache: bool = True,
     progress: Progress = no_progress,
     int8_backend: str | None = None,
     folder: Path | None = None,
@@ -122,7 +121,7 @@ def load_engine(
     progress("model ready", 100)
     # The hub config pads the embedding to 50304 rows; rows past the tokenizer are untrained.
     vocab_size = min(vocab_size, model_obj.config.vocab_size)
-    return Engine(model_obj, precision, vocab_size, reuse_cache)
+    return Engine(model_obj, precision, vocab_size)
 
 
 def load_weights(folder: Path, precision: Precision, trained_context: int | None = None):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from fim_lsp.engine import linear
-from fim_lsp.engine.errors import EngineError
+from fim_lsp.errors import EngineError
 
 BITSANDBYTES, TORCH_DYNAMIC, C_KERNEL = "bitsandbytes", "torch-dynamic", "c-kernel"
 WEIGHT_ONLY = "weight-only"

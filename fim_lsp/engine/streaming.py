@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from fim_lsp.engine.errors import EngineError
 from fim_lsp.engine.precision import quantize_linear
+from fim_lsp.errors import EngineError
 
 
 def load_int8_by_module(

@@ -1,0 +1,51 @@
+"""What generates tokens for a prompt: the interface shared by the local engine and a team server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to generate, for one request."""
+
+    max_new_tokens: int
+    end_id: int  # <|endoftext|>: ends the middle, and is not returned
+    temperature: float = 0.0  # 0 = greedy
+    draft_tokens: int = 8  # prompt-lookup drafts of at most this many tokens (greedy only); 0 = off
+    cache_reuse: bool = True  # keep the KV cache of earlier prompts (off: to measure its effect)
+    seed: int | None = None  # for sampling at temperature > 0
+
+
+@dataclass
+class Generation:
+    ids: list[int]  # generated token ids, without the end token
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens whose keys and values were already computed
+    stop_reason: str  # "end", "length", "stop", "cancelled"
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    drafted: int = 0  # draft tokens checked, and how many of them the model agreed with
+    accepted: int = 0
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot answer now (a server down, slow, refusing): the fallback answers."""
+
+
+class Backend(Protocol):
+    name: str  # what the status calls it: "local", "team server"
+
+    def generate(
+        self,
+        prompt: list[int],
+        options: GenerationOptions,
+        should_stop: Callable[[list[int]], bool],
+        cancel: threading.Event,
+    ) -> Generation:
+        """Generate after `prompt` until the end token, `options.max_new_tokens`, `should_stop`
+        (asked after every token with all generated ids so far) or `cancel` (checked before every
+        forward pass; a cancelled generation returns what it has)."""
+        ...

@@ -1,0 +1,220 @@
+"""The orchestrator with a fake backend and a fake client: a request's flow and the load state."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from fim_lsp.backend import Generation, GenerationOptions
+from fim_lsp.documents import Document, Place
+from fim_lsp.errors import EngineError
+from fim_lsp.orchestrator import Orchestrator
+from fim_lsp.pipeline import Completer
+from fim_lsp.prompt import FimTokenizer
+from fim_lsp.settings import Settings
+
+# The demo model's tokenizer ships in the package: these tests need nothing from ../shared.
+DEMO_TOKENIZER = FimTokenizer.from_file(
+    __import__("fim_lsp").__path__[0] + "/models/demo/tokenizer.json"
+)
+SETTINGS = Settings(model="fake", debounce_ms=0, max_time_ms=0)
+TEXT = "def total(xs):\n    result = 0\n    \n    return result\n"
+CURSOR = Place(2, 4)  # the empty indented line
+
+
+class FakeBackend:
+    """Generates the tokens of a fixed text, one by one, as an engine would."""
+
+    name = "local"
+
+    def __init__(self, output: str, started: threading.Event | None = None, hold: float = 0.0):
+        self.ids = DEMO_TOKENIZER.encode(output)
+        self.prompts: list[list[int]] = []
+        self.started = started or threading.Event()
+        self.hold = hold  # seconds per token, so that a test can supersede a running job
+
+    def generate(
+        self,
+        prompt: list[int],
+        options: GenerationOptions,
+        should_stop: Callable[[list[int]], bool],
+        cancel: threading.Event,
+    ) -> Generation:
+        self.prompts.append(prompt)
+        self.started.set()
+        generated: list[int] = []
+        reason = "length"
+        for token in self.ids[: options.max_new_tokens]:
+            if cancel.wait(self.hold):
+                reason = "cancelled"
+                break
+            generated.append(token)
+            if should_stop(generated):
+                reason = "stop"
+                break
+        return Generation(generated, len(prompt), 0, reason, {"prefill": 1.0, "decode": 1.0})
+
+
+class FakeClient:
+    """Records what the orchestrator tells the user."""
+
+    def __init__(self, answers_progress: bool = True):
+        self.shown: list[tuple[str, str]] = []
+        self.logs: list[str] = []
+        self.states: list[dict[str, Any]] = []
+        self.progress: list[tuple[str, str]] = []
+        self.answers_progress = answers_progress
+
+    def show(self, level: str, message: str) -> None:
+        self.shown.append((level, message))
+
+    def log(self, message: str) -> None:
+        self.logs.append(message)
+
+    def status(self, status: dict[str, Any]) -> None:
+        self.states.append(status)
+
+    async def begin_progress(self, title: str) -> object | None:
+        if not self.answers_progress:
+            await asyncio.Event().wait()  # a client that never answers
+        self.progress.append(("begin", title))
+        return "token"
+
+    def report_progress(self, token: object, message: str, percentage: int | None) -> None:
+        self.progress.append(("report", message))
+
+    def end_progress(self, token: object, message: str) -> None:
+        self.progress.append(("end", message))
+
+
+def loader(backend: FakeBackend, delay: float = 0.0):
+    def load(settings: Settings, progress) -> Completer:
+        progress("reading weights", 50)
+        if delay:
+            threading.Event().wait(delay)
+        return Completer(settings, DEMO_TOKENIZER, backend, 2048, {"device": "cpu"})
+
+    return load
+
+
+async def ready(backend: FakeBackend, client: FakeClient | None = None) -> Orchestrator:
+    orchestrator = Orchestrator(SETTINGS, client or FakeClient(), loader(backend, delay=0.05))
+    await orchestrator.start_loading()
+    assert orchestrator.state == "ready"
+    return orchestrator
+
+
+async def test_loading_reports_progress_and_ends_ready():
+    client = FakeClient()
+    orchestrator = await ready(FakeBackend(""), client)
+    assert [state["state"] for state in client.states] == ["loading", "loading", "ready"]
+    assert client.progress[0] == ("begin", "loading fake")
+    assert ("report", "reading weights") in client.progress
+    assert client.progress[-1] == ("end", "fake ready on cpu (None)")
+    assert orchestrator.status()["device"] == "cpu"
+
+
+async def test_a_client_that_never_answers_the_progress_request_does_not_stop_loading():
+    client = FakeClient(answers_progress=False)
+    orchestrator = Orchestrator(SETTINGS, client, loader(FakeBackend("")))
+    await asyncio.wait_for(orchestrator.start_loading(), 5)
+    assert orchestrator.state == "ready" and client.progress == []
+
+
+async def test_a_failed_load_is_explained_and_completions_are_empty():
+    def broken(settings: Settings, progress) -> Completer:
+        raise EngineError("no such model: run fim-lsp download")
+
+    client = FakeClient()
+    orchestrator = Orchestrator(SETTINGS, client, broken)
+    await orchestrator.start_loading()
+    assert orchestrator.state == "error"
+    assert client.shown == [
+        ("error", "no such model: run fim-lsp download. Completions are off until this is fixed.")
+    ]
+    assert await orchestrator.complete("doc", Document(TEXT, "python"), CURSOR) is None
+
+
+async def test_a_request_flows_through_gate_prompt_backend_and_finish():
+    backend = FakeBackend("for x in xs:\n        result += x\n    return result\n")
+    orchestrator = await ready(backend)
+    completion = await orchestrator.complete("doc", Document(TEXT, "python"), CURSOR)
+    assert completion is not None
+    assert completion.text == "for x in xs:\n        result += x"  # the suffix's return is cut
+    assert completion.stop_reason == "stop"
+    prompt = backend.prompts[0]
+    assert prompt[0] == DEMO_TOKENIZER.suf_id and prompt[-1] == DEMO_TOKENIZER.mid_id
+    (line,) = [entry for entry in orchestrator.client.logs if entry.startswith("completion ")]
+    assert '"stop_reason": "stop"' in line
+
+
+async def test_crlf_documents_get_crlf_suggestions():
+    backend = FakeBackend("for x in xs:\n        result += x\n")
+    orchestrator = await ready(backend)
+    document = Document(TEXT.replace("\n", "\r\n"), "python")
+    completion = await orchestrator.complete("doc", document, CURSOR)
+    assert completion is not None and completion.text == "for x in xs:\r\n        result += x"
+
+
+async def test_typing_the_suggestion_is_answered_without_the_backend():
+    backend = FakeBackend("for x in xs:\n        result += x\n")
+    orchestrator = await ready(backend)
+    document = Document(TEXT, "python")
+    shown = await orchestrator.complete("doc", document, CURSOR)
+    typed = Document(TEXT.replace("    \n", "    for x\n"), "python")
+    rest = await orchestrator.complete("doc", typed, Place(2, 9))
+    assert shown is not None and rest is not None
+    assert rest.text == shown.text[len("for x") :] and rest.stop_reason == "typed-through"
+    assert len(backend.prompts) == 1
+
+
+async def test_a_newer_request_answers_the_older_one_at_once():
+    started = threading.Event()
+    backend = FakeBackend("x = 1\n" * 30, started, hold=0.05)
+    orchestrator = await ready(backend)
+    document = Document(TEXT, "python")
+    older = asyncio.ensure_future(orchestrator.complete("a", document, CURSOR))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait)
+    newer = asyncio.ensure_future(orchestrator.complete("b", document, CURSOR))
+    assert await asyncio.wait_for(older, 0.5) is None
+    await newer
+    assert len(backend.prompts) == 2
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "x" * 8_000_001])
+async def test_unsuitable_documents_get_nothing_and_never_reach_the_backend(text):
+    backend = FakeBackend("anything")
+    orchestrator = await ready(backend)
+    assert await orchestrator.complete("doc", Document(text), Place(0, 1)) is None
+    assert backend.prompts == []
+
+
+async def test_settings_warnings_are_shown_and_changes_logged():
+    client = FakeClient()
+    orchestrator = Orchestrator(SETTINGS, client, loader(FakeBackend("")))
+    orchestrator.configure({"maxNewTokens": 5, "noSuchThing": 1}, "initializationOptions")
+    assert orchestrator.settings.max_new_tokens == 5
+    assert client.shown == [
+        ("warning", "initializationOptions: unknown setting 'noSuchThing' ignored")
+    ]
+    assert client.logs == ["initializationOptions: maxNewTokens=5"]
+
+
+async def test_changing_the_model_reloads_and_the_newest_load_wins():
+    loads: list[str] = []
+
+    def load(settings: Settings, progress) -> Completer:
+        loads.append(settings.model)
+        return Completer(settings, DEMO_TOKENIZER, FakeBackend(""), 2048, {"model": settings.model})
+
+    orchestrator = Orchestrator(SETTINGS, FakeClient(), load)
+    await orchestrator.start_loading()
+    orchestrator.configure({"model": "other"}, "workspace/didChangeConfiguration")
+    orchestrator.configure({"model": "third"}, "workspace/didChangeConfiguration")
+    await asyncio.gather(*orchestrator.tasks)
+    assert loads == ["fake", "third"]  # "other" was superseded before it started
+    assert orchestrator.completer is not None and orchestrator.completer.about["model"] == "third"
