@@ -31,13 +31,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.typing_latency import machine  # noqa: E402
 from fim_lsp.backend import GenerationOptions  # noqa: E402
-from fim_lsp.engine import choose_precision, load_engine  # noqa: E402
+from fim_lsp.engine import choose, load_engine  # noqa: E402
 from fim_lsp.engine.linear import WeightOnlyInt8Linear  # noqa: E402
-from fim_lsp.engine.precision import BITSANDBYTES, WEIGHT_ONLY  # noqa: E402
 from tests import tiny_model  # noqa: E402
 
 VOCAB = 50280
 PROMPT = [50277, *([1545, 4868, 9, 89, 13, 340, 10] * 6), 50278, 1545, 4868, 50279]
+WEIGHT_ONLY, BITSANDBYTES = "weight-only", "bitsandbytes"  # choices.INT8_LAYERS names
 SETUPS = [("int8", WEIGHT_ONLY), ("int8", BITSANDBYTES), ("none", None)]
 
 
@@ -88,7 +88,7 @@ def tiny_checks(folder: Path) -> list[str]:
             f"- {backend}: {int8_layers(engine)} int8 layers of 9; reuse == cold: {', '.join(same)}; "
             f"drafts == greedy: {exact} ({accepted} of {drafted} accepted)"
         )
-    lines.append(f"- the engine picks: {choose_precision('cuda', 'int8').reason}")
+    lines.append(f"- the engine picks: {choose('cuda', 'int8').reason}")
     return lines
 
 

@@ -2,14 +2,14 @@
 
     python bench/decode_profile.py [--model FOLDER] [--context 1000] [--blocks 6]
 
-Prefills `--context` tokens of real code for five setups (SETUPS): the engine's (the C step: the C
-int8 kernel and an fp16 KV cache read by the C attention kernel, one C call per layer); the
-same kernels through transformers' modules (the previous engine); torch's dynamic int8 layers with
-the same cache and attention; the fallback where the C kernels cannot run (torch's int8 layers,
-an fp32 cache stored transposed, torch's eager attention); and transformers' defaults (torch's
-int8 layers, DynamicCache, sdpa). Then times blocks of one-token decode steps (no drafting) of
-each in turn, with a sample of the memory bandwidth after each round, so that every block is
-compared with the floor of its moment on this shared machine.
+Prefills `--context` tokens of real code for four setups (SETUPS): the engine's (the C step: the
+C int8 kernel and an fp16 KV cache read by the C attention kernel, one C call per layer); the
+same int8 kernel through the model's torch modules (neox.py, sdpa on the same cache); the
+fallback where the C kernels cannot run (torch's dynamic int8 layers, an fp32 cache, sdpa); and
+transformers' defaults (its GPTNeoXForCausalLM with torch's int8 layers, DynamicCache, sdpa).
+Then times blocks of one-token decode steps (no drafting) of each in turn, with a sample of the
+memory bandwidth after each round, so that every block is compared with the floor of its moment
+on this shared machine.
 Last, profiles steps with torch.profiler and groups their time by kind of operator. Writes
 bench/out/decode_profile.md and .json.
 """
@@ -26,10 +26,10 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer
-from transformers import DynamicCache
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,9 +37,7 @@ sys.path.insert(0, str(ROOT))
 from bench.floor import ReadRate, measure_floor  # noqa: E402
 from bench.typing_latency import RANDOM_MODEL, machine  # noqa: E402
 from fim_lsp.engine import attention, linear, load_engine  # noqa: E402
-from fim_lsp.engine.attention import KERNEL  # noqa: E402
-from fim_lsp.engine.kv_cache import CacheFormat, PromptCache  # noqa: E402
-from fim_lsp.engine.precision import C_KERNEL, TORCH_DYNAMIC  # noqa: E402
+from fim_lsp.engine.choices import torch_dynamic_layer  # noqa: E402
 from tests import tiny_model  # noqa: E402
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "json" / "encoder.py"
@@ -49,6 +47,7 @@ KINDS = [
     ("linear_dynamic", "int8 linear layers (weights)"),
     ("fim_lsp::linear", "int8 linear layers (weights)"),
     ("fim_lsp::attention", "attention"),
+    ("scaled_dot_product", "attention"),
     ("bmm", "attention"),
     ("softmax", "attention"),
     ("aten::cat", "KV cache append (cat/copy)"),
@@ -57,74 +56,66 @@ KINDS = [
     ("gelu", "GELU"),
     ("embedding", "embedding"),
 ]
-# name -> (int8 linear layers; the cache format, or None for transformers' DynamicCache; attention;
-# decode steps through cpu_step.CpuStep)
-SETUPS: dict[str, tuple[str, CacheFormat | None, str, bool]] = {
-    "fim-lsp: C step (C int8 kernel; fp16 cache, C attention)": (
-        C_KERNEL,
-        CacheFormat(torch.float16),
-        KERNEL,
-        True,
-    ),
-    "previous engine: the same kernels through transformers' modules": (
-        C_KERNEL,
-        CacheFormat(torch.float16),
-        KERNEL,
-        False,
-    ),
-    "torch int8 (fbgemm); fp16 cache, C attention": (
-        TORCH_DYNAMIC,
-        CacheFormat(torch.float16),
-        KERNEL,
-        False,
-    ),
-    "fallback without C kernels: torch int8; fp32 transposed cache, eager": (
-        TORCH_DYNAMIC,
-        CacheFormat(transposed=True),
-        "eager",
-        False,
-    ),
-    "transformers' defaults: torch int8; DynamicCache (torch.cat), sdpa": (
-        TORCH_DYNAMIC,
-        None,
-        "sdpa",
-        False,
-    ),
-}
-OURS = next(iter(SETUPS))
+OURS = "fim-lsp: C step (C int8 kernel; fp16 cache, C attention)"
+THROUGH_MODULES = "the same int8 kernel through torch modules; fp16 cache, sdpa"
+FALLBACK = "fallback without C kernels: torch int8 (fbgemm); fp32 cache, sdpa"
+TRANSFORMERS = "transformers' defaults: torch int8; DynamicCache (torch.cat), sdpa"
+SETUPS = (OURS, THROUGH_MODULES, FALLBACK, TRANSFORMERS)
+KV_ITEMSIZE = {OURS: 2, THROUGH_MODULES: 2, FALLBACK: 4, TRANSFORMERS: 4}  # fp16 or fp32
 
 
-def kv_itemsize(setup: str) -> int:
-    form = SETUPS[setup][1]
-    return form.dtype.itemsize if form and form.dtype else 4  # the model is fp32 around int8
+class Transformers:
+    """transformers' GPTNeoXForCausalLM with torch's int8 layers, as a user of it would run it:
+    the reference the engine started from."""
+
+    def __init__(self, folder: Path):
+        from transformers import AutoModelForCausalLM, DynamicCache
+
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        for name, module in list(self.model.named_modules()):
+            if type(module) is torch.nn.Linear:
+                parent, _, child = name.rpartition(".")
+                setattr(self.model.get_submodule(parent), child, torch_dynamic_layer(module))
+        self.new_cache = DynamicCache
+        self.cache = DynamicCache()
+        self.step = None
+
+    def prefill(self, ids: list[int], cancel: threading.Event) -> torch.Tensor:
+        self.cache = self.new_cache()
+        return self.forward(ids)
+
+    def forward(self, ids: list[int], keep: int = 1) -> torch.Tensor:
+        out = self.model(input_ids=torch.tensor([ids]), cache=self.cache, use_cache=True)
+        return out.logits[0, -keep:]
 
 
-def prefill(engines, prompt: list[int], setup: str) -> tuple[PromptCache, float, int]:
-    """A fresh cache of `setup` holding `prompt`, the seconds that took, and the next token."""
-    form = SETUPS[setup][1]
-    cache = PromptCache(form)
-    if form is None:
-        cache.kv = DynamicCache()
-    engine = use(engines, setup, cache)
+def setups(folder: Path) -> dict[str, Any]:
+    """Each setup's engine, with its own cache."""
+    ours = load_engine(str(folder), 50280, "cpu", "int8", int8_backend="c-kernel")
+    through_modules = load_engine(str(folder), 50280, "cpu", "int8", int8_backend="c-kernel")
+    through_modules.step = None
+    fallback = load_engine(str(folder), 50280, "cpu", "int8", int8_backend="torch-dynamic")
+    return {
+        OURS: ours,
+        THROUGH_MODULES: through_modules,
+        FALLBACK: fallback,
+        TRANSFORMERS: Transformers(folder),
+    }
+
+
+def prefill(engine, prompt: list[int]) -> tuple[float, int]:
+    """Prefill `prompt` into a fresh cache; the seconds that took, and the next token."""
+    if hasattr(engine.cache, "clear"):
+        engine.cache.clear()
     started = time.perf_counter()
     logits = engine.prefill(prompt, threading.Event())
-    return cache, time.perf_counter() - started, int(torch.argmax(logits[-1]))
-
-
-def use(engines, setup: str, cache: PromptCache):
-    """The engine of `setup`'s int8 layers, set up with its cache, attention and step."""
-    int8, _, implementation, step = SETUPS[setup]
-    engine, its_step = engines[int8]
-    engine.cache = cache
-    engine.model.set_attn_implementation(implementation)
-    engine.step = its_step if step else None
-    return engine
+    return time.perf_counter() - started, int(torch.argmax(logits[-1]))
 
 
 def profile(engine, steps: int) -> tuple[dict[str, float], dict[str, float]]:
     """Milliseconds per decode step by kind of operator (self time), continuing the cache; and
     the operators that make up "everything else"."""
-    token = engine.cache.ids[-1]
+    token = int(engine.cache.ids[-1])
     # The kernels are no torch operators: name their calls for the profiler.
     kernels = {module: module.run_kernel for module in (attention, linear)}
     for module, run_kernel in kernels.items():
@@ -174,29 +165,25 @@ def main() -> None:
     args = parser.parse_args()
     if args.model == RANDOM_MODEL and not (RANDOM_MODEL / "model.safetensors").is_file():
         tiny_model.build(RANDOM_MODEL, tiny_model.FULL, dtype="bfloat16")
-    engines = {}  # int8 backend -> (engine, its step)
-    for int8 in (C_KERNEL, TORCH_DYNAMIC):
-        engine = load_engine(str(args.model), 50280, "cpu", "int8", int8_backend=int8)
-        engines[int8] = (engine, engine.step)
+    engines = setups(args.model)
     tokenizer = Tokenizer.from_file(str(args.model / "tokenizer.json"))
     prompt = tokenizer.encode(SOURCE.read_text()).ids[: args.context]
 
-    caches, next_tokens = {}, {}
+    next_tokens = {}
     prefills: dict[str, list[float]] = defaultdict(list)
     times: dict[str, list[float]] = defaultdict(list)
     bandwidths = []
     with torch.inference_mode():
-        for _ in range(args.rounds):  # alternate, so that drift in the machine's speed hits both
-            for setup in SETUPS:
-                caches[setup], seconds, next_tokens[setup] = prefill(engines, prompt, setup)
+        for _ in range(args.rounds):  # alternate, so that drift in the machine's speed hits all
+            for setup, engine in engines.items():
+                seconds, next_tokens[setup] = prefill(engine, prompt)
                 prefills[setup].append(seconds)
         # Blocks of consecutive steps (as a completion runs them) of each setup in turn, with a
         # sample of the bandwidth after each round of blocks: each block is compared with the
         # floor of its moment, since the machine's speed drifts (it is shared).
         rate = ReadRate()
         for _ in range(args.blocks):
-            for setup in SETUPS:
-                engine = use(engines, setup, caches[setup])
+            for setup, engine in engines.items():
                 block = []
                 for _ in range(args.block_steps):
                     started = time.perf_counter()
@@ -205,17 +192,17 @@ def main() -> None:
                     next_tokens[setup] = int(torch.argmax(logits[-1]))
                 times[setup].append(statistics.median(block))
             bandwidths.append(rate.sample())
-        kinds, others = profile(use(engines, OURS, caches[OURS]), args.profile_steps)
+        kinds, others = profile(engines[OURS], args.profile_steps)
     floor = measure_floor(
         args.model / "config.json",
         len(prompt),
         int8_lm_head=True,
         bandwidth=statistics.median(bandwidths),
-        kv_itemsize=kv_itemsize(OURS),
+        kv_itemsize=KV_ITEMSIZE[OURS],
     )
     # Each setup against the bytes it reads: the fp32 caches read twice the KV bytes.
     floor_bytes = {
-        setup: floor["weight_bytes"] + floor["kv_bytes"] * kv_itemsize(setup) // kv_itemsize(OURS)
+        setup: floor["weight_bytes"] + floor["kv_bytes"] * KV_ITEMSIZE[setup] // KV_ITEMSIZE[OURS]
         for setup in SETUPS
     }
     ratios = {
@@ -228,7 +215,7 @@ def main() -> None:
     result = {
         "machine": machine(),
         "model": os.path.relpath(args.model, ROOT),
-        "precision": engines[C_KERNEL][0].precision.reason,
+        "precision": engines[OURS].precision.reason,
         "context": len(prompt),
         "blocks": args.blocks,
         "block_steps": args.block_steps,

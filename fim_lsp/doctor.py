@@ -36,8 +36,7 @@ def report(settings: Settings, say: Callable[[str], None]) -> list[str]:
         )
         say(f"CUDA: no GPU visible (torch is {cuda_build}); the model runs on the CPU")
 
-    from fim_lsp.engine import EngineError, choose_precision, int8_problem
-    from fim_lsp.engine.attention import choose_attention
+    from fim_lsp.engine import EngineError, bitsandbytes_problem, choose
 
     try:
         import bitsandbytes
@@ -46,12 +45,12 @@ def report(settings: Settings, say: Callable[[str], None]) -> list[str]:
     except Exception as error:
         say(f"bitsandbytes: not usable ({error})")
     for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
-        trouble = int8_problem(device)
+        trouble = bitsandbytes_problem(device)
         say(f"bitsandbytes 8-bit on {device}: {'works' if trouble is None else trouble}")
     try:
-        precision = choose_precision(settings.device, settings.quantization)
+        precision = choose(settings.device, settings.quantization)
         say(f"would run: {precision.reason}")
-        say(f"attention: {choose_attention(precision).reason}")
+        say(f"attention: {precision.attention}")
     except EngineError as error:
         problem(str(error))
     model_report(settings.model, say, problem)

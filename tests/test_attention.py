@@ -1,4 +1,4 @@
-"""The C attention kernel against attention computed in float64, and the attention chosen."""
+"""The C attention kernel against attention computed in float64."""
 
 from __future__ import annotations
 
@@ -6,13 +6,7 @@ import pytest
 import torch
 
 from fim_lsp.engine import attention
-from fim_lsp.engine.attention import (
-    KERNEL,
-    KERNEL_MAX_NEW_TOKENS,
-    choose_attention,
-)
-from fim_lsp.engine.kv_cache import CacheFormat, GrowingLayer
-from fim_lsp.engine.precision import Precision
+from fim_lsp.engine.kv_cache import KVCache
 
 
 def reference(query, keys, values, scaling):
@@ -24,14 +18,15 @@ def reference(query, keys, values, scaling):
 
 
 def cache(heads, past, new, dim, dtype, seed=0):
-    """A query and the views a GrowingLayer returns after `past` tokens and then `new` ones."""
+    """A query and the views of a KVCache's layer after `past` tokens and then `new` ones."""
     generator = torch.Generator().manual_seed(seed)
-    layer = GrowingLayer(CacheFormat(dtype, transposed=False))
+    kv = KVCache(1, heads, dim, dtype, torch.device("cpu"))
     for count in (past, new):
         if count:
-            states = torch.randn(2, 1, heads, count, dim, generator=generator)
-            keys, values = layer.update(*states)
-    return torch.randn(1, heads, new, dim, generator=generator), keys, values
+            kv.reserve(count)
+            keys, values = kv.write(0, *torch.randn(2, heads, count, dim, generator=generator))
+            kv.ids.extend(range(count))
+    return torch.randn(1, heads, new, dim, generator=generator), keys[None], values[None]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -62,27 +57,3 @@ def test_kernel_declines_what_it_does_not_take():
     transposed = keys.mT.contiguous().mT  # tokens no longer contiguous rows
     assert attention.run_kernel(library, query, transposed, transposed, 0.3) is None
     assert attention.run_kernel(library, query.expand(2, -1, -1, -1), keys, values, 0.3) is None
-
-
-@pytest.mark.parametrize("new", [1, KERNEL_MAX_NEW_TOKENS, KERNEL_MAX_NEW_TOKENS + 1, 256])
-def test_attention_runs_any_run_of_new_tokens_on_an_fp16_cache(new, monkeypatch):
-    """Up to KERNEL_MAX_NEW_TOKENS the kernel, past it sdpa on fp32 copies: the same result."""
-    calls = []
-    run_kernel = attention.run_kernel
-    monkeypatch.setattr(attention, "run_kernel", lambda *args: calls.append(1) or run_kernel(*args))
-    query, keys, values = cache(4, 40, new, 16, torch.float16)
-    mask = attention.causal_mask(new, keys.shape[2])
-    out, weights = attention.attention(torch.nn.Module(), query, keys, values, mask, scaling=0.25)
-    assert weights is None and out.dtype == torch.float32
-    torch.testing.assert_close(out, reference(query, keys, values, 0.25), atol=2e-5, rtol=1e-4)
-    assert bool(calls) == (new <= KERNEL_MAX_NEW_TOKENS)
-
-
-def test_the_kernel_is_chosen_on_cpu_with_an_fp16_cache_for_int8_weights():
-    int8 = choose_attention(Precision("cpu", torch.float32, "torch-dynamic", ""))
-    assert int8.implementation == KERNEL, int8.reason
-    assert int8.cache == CacheFormat(torch.float16, transposed=False)
-    exact = choose_attention(Precision("cpu", torch.float32, None, ""))
-    assert exact.cache == CacheFormat(None, transposed=False)  # without quantization, fp32
-    cuda = choose_attention(Precision("cuda", torch.float16, "bitsandbytes", ""))
-    assert (cuda.implementation, cuda.cache) == ("sdpa", CacheFormat(None, transposed=False))

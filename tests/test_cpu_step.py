@@ -1,6 +1,6 @@
-"""The CPU step against transformers' modules: the same greedy tokens, logits within rounding.
+"""The CPU step against the model's torch modules: the same greedy tokens, logits within rounding.
 
-The step's layer norms and GELU run in C (transformers': torch's), so its numbers differ in the
+The step's layer norms and GELU run in C (the modules': torch's), so its numbers differ in the
 last bits; everything else is the same arithmetic."""
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ def through_modules(engine, ids: list[int], keep: int) -> torch.Tensor:
 
 
 def cached(engine) -> list[torch.Tensor]:
-    return [torch.cat([layer.keys, layer.values]) for layer in engine.cache.kv.layers]
+    length = engine.cache.length
+    return [
+        torch.cat([keys[:, :length], values[:, :length]])
+        for keys, values in zip(engine.cache.keys, engine.cache.values, strict=True)
+    ]
 
 
 def assert_close(got: torch.Tensor, expected: torch.Tensor) -> None:
@@ -85,7 +89,7 @@ def test_generation_uses_the_step_and_keeps_the_greedy_tokens(engine, tiny_model
     plain.step = None
     calls = []
     step = engine.step
-    engine.step = lambda kv, ids, keep: calls.append(len(ids)) or step(kv, ids, keep)
+    engine.step = lambda cache, ids, keep: calls.append(len(ids)) or step(cache, ids, keep)
     options = GenerationOptions(20, end_id=-1)
     assert engine.generate(PROMPT, options).ids == plain.generate(PROMPT, options).ids
     assert calls and max(calls) <= 16  # decode steps and draft checks, not the prompt
@@ -94,11 +98,11 @@ def test_generation_uses_the_step_and_keeps_the_greedy_tokens(engine, tiny_model
 @pytest.mark.parametrize(
     "setup, reason",
     [
-        (dict(quantization="none"), "not the C kernel on an fp16 cache"),
+        (dict(quantization="none"), "not the C int8 kernel's"),
         (dict(quantization="int8", int8_backend="torch-dynamic"), "not the C int8 kernel's"),
     ],
 )
-def test_other_setups_run_transformers_modules_and_say_why(tiny_model_dir, setup, reason):
+def test_other_setups_run_the_torch_modules_and_say_why(tiny_model_dir, setup, reason):
     engine = load_engine(str(tiny_model_dir), VOCAB, "cpu", **setup)
     assert engine.step is None and reason in engine.step_problem
 
@@ -113,7 +117,9 @@ def test_a_rotary_kernel_that_computes_wrong_is_refused():
 
 
 def test_heads_the_attention_kernel_does_not_take_are_left_to_the_modules(engine, monkeypatch):
+    import dataclasses
+
     from fim_lsp.engine.cpu_step import CpuStep
 
-    monkeypatch.setattr(engine.model.gpt_neox.layers[0].attention, "head_size", 12)
-    assert "heads of 12 dims" in CpuStep.problem(engine.model, engine.precision, engine.attention)
+    monkeypatch.setattr(engine.model, "shape", dataclasses.replace(engine.model.shape, width=48))
+    assert "heads of 12 dims" in CpuStep.problem(engine.model, engine.precision)

@@ -9,8 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fim_lsp.backend import GenerationOptions
-from fim_lsp.engine import EngineError, choose_precision, load_engine, resolve_model
-from fim_lsp.engine.attention import KERNEL
+from fim_lsp.engine import EngineError, choose, load_engine, resolve_model
 
 VOCAB = 50280  # the tokenizer's size; the model's embedding has 50304 rows
 
@@ -52,8 +51,6 @@ PROMPT = [50277, 32488, 535, 50274, 18891, 426, 1269, 559, 340, 50278, 1545, 486
 
 def test_decode_loop_with_cache_matches_recomputing_everything(engine, tiny_model_dir):
     generation = generate(engine, PROMPT, 12, end_id=-1)
-    # The C kernel reads the cache (fp32 without quantization); reason says why if it cannot.
-    assert engine.model.config._attn_implementation == KERNEL, engine.attention.reason
     assert generation.ids == reference_greedy(tiny_model_dir, PROMPT, 12)
     assert generation.stop_reason == "length"
     assert generation.prompt_tokens == len(PROMPT)
@@ -120,7 +117,7 @@ def test_int8_loads_through_bitsandbytes_on_cpu(tiny_model_dir):
         str(tiny_model_dir), VOCAB, device="cpu", quantization="int8", int8_backend="bitsandbytes"
     )
     layers = [m for m in engine.model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
-    assert layers and engine.precision.int8 == "bitsandbytes"
+    assert len(layers) == 2 * 4 + 1 and engine.precision.quantization == "int8 (bitsandbytes)"
     assert len(generate(engine, PROMPT, 4, end_id=-1).ids) == 4
 
 
@@ -173,54 +170,67 @@ def test_int8_engine_keeps_keys_and_values_in_fp16_and_reuse_matches_a_cold_run(
         load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", int8_backend="c-kernel")
         for _ in range(2)
     )
-    assert warm.attention.implementation == KERNEL, warm.attention.reason
+    assert warm.step is not None, warm.step_problem
     generate(warm, PROMPT, 8, end_id=-1)
-    assert {layer.keys.dtype for layer in warm.cache.kv.layers} == {torch.float16}
+    assert {keys.dtype for keys in warm.cache.keys} == {torch.float16}
     typed = [*PROMPT[:-1], 13, 340, 50279]
     generation = generate(warm, typed, 8, end_id=-1)
     assert generation.cached_tokens == len(PROMPT) - 1
     assert generation.ids == generate(cold, typed, 8, cache_reuse=False).ids
 
 
-def test_cpu_int8_backend_is_chosen_by_measurement():
-    precision = choose_precision("cpu", "int8")
-    assert precision.int8 in ("bitsandbytes", "c-kernel")
-    assert "GOP/s" in precision.reason
+@pytest.fixture
+def fresh_choices(tmp_path, monkeypatch):
+    """An empty cache folder: nothing remembered from earlier timings."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    return tmp_path / "fim-lsp" / "int8-choices.json"
+
+
+def test_cpu_int8_layers_are_chosen_by_measurement_and_remembered(fresh_choices, monkeypatch):
+    from fim_lsp.engine import choices
+
+    precision = choose("cpu", "int8")
+    assert precision.int8 is not None and precision.int8.name in ("bitsandbytes", "c-kernel")
+    assert "measured: " in precision.reason and "GOP/s" in precision.reason
+    assert fresh_choices.is_file()
+    monkeypatch.setattr(choices, "int8_rates", lambda *args: pytest.fail("timed again"))
+    again = choose("cpu", "int8")
+    assert again.int8 == precision.int8 and "measured at an earlier start" in again.reason
 
 
 def test_weight_only_is_timed_against_bitsandbytes():
-    from fim_lsp.engine.precision import int8_rates
+    from fim_lsp.engine.choices import BITSANDBYTES, WEIGHT_ONLY, int8_rates
 
-    rates = int8_rates("weight-only", "cpu", torch.float32, tokens=2, width=64)
+    rates = int8_rates([WEIGHT_ONLY, BITSANDBYTES], "cpu", torch.float32, tokens=2, width=64)
     assert set(rates) == {"weight-only", "bitsandbytes"} and min(rates.values()) > 0
 
 
-def test_without_the_c_kernel_int8_runs_on_torch_dynamic_and_says_why(monkeypatch):
-    from fim_lsp.engine import linear
+def test_without_the_c_kernel_int8_runs_on_torch_dynamic_and_says_why(fresh_choices, monkeypatch):
+    from fim_lsp.engine import choices
 
-    monkeypatch.setattr(linear, "kernel_problem", lambda: "no C compiler (cc)")
-    precision = choose_precision("cpu", "int8")
-    assert precision.int8 in ("bitsandbytes", "torch-dynamic")
-    assert "no C kernel: no C compiler (cc)" in precision.reason
-    with pytest.raises(EngineError, match="C int8 kernel cannot run here: no C compiler"):
-        choose_precision("cpu", "int8", "c-kernel")
+    monkeypatch.setitem(choices.PROBLEMS, "c-kernel", lambda device: "no C compiler (cc)")
+    precision = choose("cpu", "int8")
+    assert precision.int8 is not None
+    assert precision.int8.name in ("bitsandbytes", "torch-dynamic")
+    assert "no c-kernel: no C compiler (cc)" in precision.reason
+    with pytest.raises(EngineError, match="no C compiler"):
+        choose("cpu", "int8", "c-kernel")
 
 
 def test_context_comes_from_the_config_except_where_it_is_known_wrong(tiny_model_dir):
-    from fim_lsp.engine.loading import TRAINED_CONTEXT, load_weights
+    from fim_lsp.engine.loading import TRAINED_CONTEXT, read_shape
 
     engine = load_engine(str(tiny_model_dir), VOCAB, device="cpu", quantization="none")
     assert engine.context_length == 1024  # as FIM-NeoX-1.3B's hub config says
     assert TRAINED_CONTEXT["CarperAI/FIM-NeoX-1.3B"] == 2048  # as its model card says
-    model = load_weights(tiny_model_dir, choose_precision("cpu", "none"), trained_context=2048)
-    assert model.config.max_position_embeddings == 2048
+    assert read_shape(tiny_model_dir, trained_context=2048).positions == 2048
 
 
 def test_precision_is_decided_from_explicit_settings():
-    assert choose_precision("cpu", "none").dtype == torch.float32
+    assert choose("cpu", "none").dtype == torch.float32
     if not torch.cuda.is_available():
         with pytest.raises(EngineError, match="no CUDA GPU"):
-            choose_precision("cuda", "int8")
+            choose("cuda", "int8")
 
 
 def test_offline_hub_model_that_is_not_cached_says_how_to_fix_it(tmp_path, monkeypatch):
@@ -278,13 +288,14 @@ def test_int8_drafts_keep_exactly_the_greedy_tokens(tiny_model_dir):
 
 
 def test_drafts_shrink_after_a_miss_and_grow_after_a_hit(engine, tiny_model_dir):
-    engine.cache.clear()
-    engine.prefill(PROMPT, threading.Event())
     greedy = reference_greedy(tiny_model_dir, PROMPT, 5)
+    engine.cache.clear()
     engine.draft_length = 4
-    assert engine.verify(greedy[0], [999, 998], 8) == [greedy[1]]  # a miss
-    assert engine.draft_length == 3
-    assert engine.verify(greedy[1], greedy[2:4], 8) == greedy[2:5]  # a hit, and the next token
+    with torch.inference_mode():
+        engine.prefill(PROMPT, threading.Event())
+        assert engine.verify(greedy[0], [999, 998], 8) == [greedy[1]]  # a miss
+        assert engine.draft_length == 3
+        assert engine.verify(greedy[1], greedy[2:4], 8) == greedy[2:5]  # a hit, and the next
     assert engine.draft_length == 5
 
 

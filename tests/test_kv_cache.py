@@ -1,82 +1,69 @@
-"""The growing KV cache against transformers' own DynamicLayer, and the prompt cache's cropping."""
+"""The engine's KV cache: writes in place, grows keeping what it holds, keeps common prefixes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers.cache_utils import DynamicLayer
 
-from fim_lsp.engine.kv_cache import CacheFormat, GrowingLayer, PromptCache
+from fim_lsp.engine.kv_cache import MIN_CAPACITY, KVCache
 
 
 def states(tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return (
-        torch.randn(1, 2, tokens, 4, generator=generator),
-        torch.randn(1, 2, tokens, 4, generator=generator),
-    )
+    return torch.randn(2, 2, tokens, 4, generator=generator).unbind(0)
 
 
-FORMATS = [
-    CacheFormat(None, transposed=False),  # the C kernel's, without quantization
-    CacheFormat(torch.float16, transposed=False),  # the C kernel's, with int8 weights
-    CacheFormat(None, transposed=True),  # torch's eager attention's, where the kernel can't run
-]
+def add(cache: KVCache, tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    cache.reserve(tokens)
+    keys, values = states(tokens, seed)
+    for layer in range(len(cache.keys)):
+        written = cache.write(layer, keys, values)
+    cache.ids.extend(range(seed * 1000, seed * 1000 + tokens))
+    return written
 
 
-@pytest.mark.parametrize("form", FORMATS)
-def test_growing_layer_holds_what_dynamic_layer_holds_through_appends_and_crops(form):
-    growing, dynamic = GrowingLayer(form), DynamicLayer()
-    steps = [("add", 300), ("add", 1), ("crop", 5), ("add", 3), ("add", 1), ("crop", 200)]
-    steps += [("add", 1)] * 40 + [("add", 700)]
-    for seed, (kind, count) in enumerate(steps):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_the_cache_holds_what_was_written_through_growth_and_drops(dtype):
+    cache = KVCache(2, 2, 4, dtype, torch.device("cpu"))
+    expected_keys: list[torch.Tensor] = []
+    for seed, (kind, count) in enumerate(
+        [("add", 300), ("add", 1), ("drop", 5), ("add", 3), ("drop", 200), ("add", 700)]
+    ):
         if kind == "add":
-            new = states(count, seed)
-            keys, values = growing.update(*new)
-            expected_keys, expected_values = dynamic.update(*new)
-            assert keys.dtype == values.dtype == (form.dtype or torch.float32)
+            keys, _ = add(cache, count, seed)
+            expected_keys.append(states(count, seed)[0])
+            held = torch.cat(expected_keys, dim=1)
             # Stored in fp16, a value comes back rounded to fp16, and otherwise unchanged.
-            assert torch.equal(keys, expected_keys.to(keys.dtype))
-            assert torch.equal(values, expected_values.to(values.dtype))
+            assert keys.dtype == dtype and torch.equal(keys, held.to(dtype))
         else:
-            growing.crop(-count)
-            dynamic.crop(-count)
-        assert growing.get_seq_length() == dynamic.get_seq_length()
+            cache.drop(count)
+            held = torch.cat(expected_keys, dim=1)[:, : cache.length]
+            expected_keys = [held]
+        assert cache.length == held.shape[1] <= cache.capacity
 
 
-@pytest.mark.parametrize("form", FORMATS)
-def test_appending_a_token_writes_in_place(form):
-    layer = GrowingLayer(form)
-    layer.update(*states(300, 0))
-    buffer = layer.key_buffer.data_ptr()
+def test_appending_a_token_writes_in_place_and_rows_are_contiguous_per_head():
+    cache = KVCache(1, 2, 4, torch.float16, torch.device("cpu"))
+    add(cache, 300, 0)
+    buffer = cache.keys[0].data_ptr()
     for seed in range(50):
-        keys, _ = layer.update(*states(1, seed + 1))
+        keys, _ = add(cache, 1, seed + 1)
         assert keys.data_ptr() == buffer  # a view of the same buffer: nothing copied
-    assert layer.get_seq_length() == 350
+    assert cache.keys[0].stride() == (cache.capacity * 4, 4, 1)  # as the C kernels read it
+    assert cache.capacity >= 350 and cache.capacity >= MIN_CAPACITY
 
 
-@pytest.mark.parametrize("form", FORMATS)
-def test_the_layout_is_the_one_attention_reads(form):
-    """The kernel reads each head's tokens as contiguous rows; torch's eager attention reads
-    each of a head's dimensions as a contiguous row of tokens (transposed storage)."""
-    layer = GrowingLayer(form)
-    keys, values = layer.update(*states(300, 0))
-    assert keys.shape == values.shape == (1, 2, 300, 4)
-    row = 2 if form.transposed else 3  # tokens, or a token's dimensions, lie in memory rows
-    assert keys.stride(row) == values.stride(row) == 1
-    if not form.transposed:
-        assert keys.stride(2) == 4  # and a head's tokens one after another
-    layer.crop(-5)
-    keys, values = layer.update(*states(1, 1))
-    assert keys.stride(row) == values.stride(row) == 1
-    assert keys.stride() == values.stride()  # the kernel takes one set of strides for both
+def test_writing_past_the_reserved_room_is_refused():
+    cache = KVCache(1, 2, 4, torch.float32, torch.device("cpu"))
+    with pytest.raises(AssertionError, match="reserve"):
+        cache.write(0, *states(1, 0))
 
 
-def test_prompt_cache_keeps_the_common_prefix_and_leaves_one_token_to_run():
-    cache = PromptCache()
-    cache.ids = [1, 2, 3, 4]
-    cache.kv.update(*states(4, 0), layer_idx=0)
+def test_keep_drops_what_differs_and_leaves_one_token_to_run():
+    cache = KVCache(1, 2, 4, torch.float32, torch.device("cpu"))
+    add(cache, 4, 0)
+    cache.ids[:] = [1, 2, 3, 4]
     assert cache.keep([1, 2, 9, 9]) == 2
-    assert cache.ids == [1, 2] and cache.kv.get_seq_length() == 2
+    assert cache.ids == [1, 2]
     assert cache.keep([1, 2]) == 1  # the whole prompt is cached: rerun its last token
-    assert cache.ids == [1] and cache.kv.get_seq_length() == 1
+    assert cache.ids == [1] and cache.nbytes == 2 * cache.keys[0].nbytes

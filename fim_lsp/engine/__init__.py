@@ -3,17 +3,17 @@
 torch and transformers are imported in this package only.
 """
 
+from fim_lsp.engine.choices import Precision, bitsandbytes_problem, choose
 from fim_lsp.engine.generate import Engine
 from fim_lsp.engine.loading import load_engine, no_progress, resolve_model
-from fim_lsp.engine.precision import Precision, choose_precision, int8_problem
 from fim_lsp.errors import EngineError
 
 __all__ = [
     "Engine",
     "EngineError",
     "Precision",
-    "choose_precision",
-    "int8_problem",
+    "bitsandbytes_problem",
+    "choose",
     "load_engine",
     "no_progress",
     "resolve_model",

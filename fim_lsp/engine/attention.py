@@ -1,57 +1,22 @@
-"""Attention over the engine's KV cache, and the cache format it reads.
+"""The C attention kernel over the engine's KV cache, for a few new tokens.
 
 A decode step reads the whole KV cache once per layer: at 1,000 tokens in fp32 that is 393 MB,
-a third of the int8 weights. On a CPU, the engine keeps the cache in fp16 and runs the few new
-tokens of a step through a small C kernel (`attention.c`) that converts as it reads: torch has no
-fast fp16 matmul on CPUs without AVX-512, and its fp32 attention reads the cache at 60-75% of
-the memory bandwidth. Measured on 24 layers at 1,000 tokens (bench/reports/
-decode-profile-2026-11-26-fp16-kernel.md): 10-12 ms, against 22-27 ms for torch on an fp32 cache.
-
-The kernel is compiled on first use (native.py). Where it cannot be built or run, attention is
-torch's, on an fp32 cache, and the reason is logged.
+a third of the int8 weights. On a CPU with the C int8 kernels, the engine keeps the cache in fp16
+and the few new tokens of a step attend through `attention.c`, which converts as it reads (inside
+the whole-layer call, cpu_step.py): torch has no fast fp16 matmul on CPUs without AVX-512, and
+its fp32 attention reads the cache at 60-75% of the memory bandwidth. Measured on 24 layers at
+1,000 tokens (bench/reports/decode-profile-2026-11-26-fp16-kernel.md): 10-12 ms, against 22-27 ms
+for torch on an fp32 cache. Elsewhere attention is torch's sdpa (neox.py).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-from dataclasses import dataclass
 
 import torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from fim_lsp.engine.kv_cache import CacheFormat
 from fim_lsp.engine.native import NativeError, load_library, problem
-from fim_lsp.engine.precision import Precision
-
-KERNEL = "fim-lsp"  # the name transformers knows the kernel's attention by
-# Longer runs of new tokens (prefill chunks) are compute bound, where MKL's matmuls are faster:
-# they go to sdpa on fp32 copies of the cache (prefill measured as fast as transformers' own).
-KERNEL_MAX_NEW_TOKENS = 16
-
-
-@dataclass(frozen=True)
-class AttentionPlan:
-    implementation: str  # for model.set_attn_implementation
-    cache: CacheFormat
-    reason: str
-
-
-def choose_attention(precision: Precision) -> AttentionPlan:
-    """The attention the engine runs with `precision`, and the cache format it reads."""
-    if precision.device != "cpu":
-        return AttentionPlan("sdpa", CacheFormat(), f"sdpa on {precision.device}")
-    if problem := kernel_problem():
-        return AttentionPlan(
-            "eager", CacheFormat(transposed=True), f"torch attention, fp32 KV cache ({problem})"
-        )
-    # With int8 weights the activations are already rounded far more than fp16 rounds keys and
-    # values; without quantization the cache stays exact.
-    dtype = torch.float16 if precision.int8 else None
-    named = "fp16" if dtype else "fp32"
-    return AttentionPlan(KERNEL, CacheFormat(dtype), f"C attention kernel, {named} KV cache")
 
 
 def kernel_problem() -> str | None:
@@ -129,21 +94,3 @@ def run_kernel(
         heads, dim, tokens - new, new, keys.stride(1), scaling, threads,
     )  # fmt: skip
     return None if failed else out
-
-
-def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers' attention interface. The mask is not read: the engine's runs are one
-    unpadded sequence whose new tokens come after the cached ones, so it is always causal."""
-    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    if query.shape[2] <= KERNEL_MAX_NEW_TOKENS:
-        out = run_kernel(load_kernel(), query, key, value, scaling)
-        if out is not None:
-            return out, None
-    return sdpa_attention_forward(
-        module, query, key.to(query.dtype), value.to(query.dtype), attention_mask,
-        dropout=dropout, scaling=scaling, **kwargs,
-    )  # fmt: skip
-
-
-AttentionInterface.register(KERNEL, attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(KERNEL, sdpa_mask)

@@ -13,10 +13,10 @@ The layer norms and GELU are computed in C, so the logits differ from transforme
 bits (tested within 1e-5 of their largest, with the same greedy tokens): about as much as the
 attention kernel already differs from torch's sdpa, which prefill chunks use.
 
-It runs decode steps, draft checks and warm keystrokes (up to KERNEL_MAX_NEW_TOKENS new tokens
-after cached ones) when the C kernels run the model: int8 through `linear.c`, attention through
-`attention.c` on an fp16 cache, and a GPT-NeoX with parallel residuals and exact GELU. Prefill
-chunks go through transformers' modules.
+It runs decode steps, draft checks and warm keystrokes (up to STEP_MAX_TOKENS new tokens after
+cached ones) when the C kernels run the model: int8 through `linear.c`, attention through
+`attention.c` on an fp16 cache, and a GPT-NeoX with parallel residuals and exact GELU. Longer
+runs (prefill chunks) go through the model's torch modules (neox.py).
 """
 
 from __future__ import annotations
@@ -25,14 +25,17 @@ import ctypes
 import functools
 
 import torch
-from transformers.cache_utils import Cache
 
-from fim_lsp.engine.attention import KERNEL, AttentionPlan
 from fim_lsp.engine.attention import load_kernel as load_attention
+from fim_lsp.engine.choices import Precision
+from fim_lsp.engine.kv_cache import KVCache
 from fim_lsp.engine.linear import Fused, Int8Linear, KernelWeights, run_into
 from fim_lsp.engine.linear import load_kernel as load_linear
 from fim_lsp.engine.native import NativeError, problem
-from fim_lsp.engine.precision import C_KERNEL, Precision
+from fim_lsp.engine.neox import NeoX, apply_rotary
+
+# Longer runs of new tokens (prefill chunks) are compute bound: they go through torch's modules.
+STEP_MAX_TOKENS = 16
 
 
 class LayerWeights(ctypes.Structure):
@@ -71,72 +74,59 @@ class LayerRun(ctypes.Structure):
 class CpuStep:
     """The model's forward pass for a few new tokens after the cached ones."""
 
-    def __init__(self, model):
+    def __init__(self, model: NeoX):
         self.model = model
-        attention = model.gpt_neox.layers[0].attention
-        self.heads = model.config.num_attention_heads
-        self.head_dim = attention.head_size
-        self.rotary = attention.rotary_ndims
-        self.scaling = attention.scaling
+        shape = model.shape
+        self.heads, self.head_dim, self.rotary = shape.heads, shape.head_dim, shape.rotary
+        self.scaling = shape.head_dim**-0.5
         self.library = load_kernel()
         self.norms: list[torch.Tensor] = []
         # The layer norms and GELU run inside the int8 kernel (see the module's docstring).
         self.layers = [
             LayerWeights(
-                ctypes.pointer(layer.attention.query_key_value.kernel_weights),
-                ctypes.pointer(layer.attention.dense.kernel_weights),
-                ctypes.pointer(layer.mlp.dense_h_to_4h.kernel_weights),
-                ctypes.pointer(layer.mlp.dense_4h_to_h.kernel_weights),
-                self.normed(layer.input_layernorm),
-                self.normed(layer.post_attention_layernorm, gelu=True),
+                ctypes.pointer(layer.qkv.kernel_weights),
+                ctypes.pointer(layer.dense.kernel_weights),
+                ctypes.pointer(layer.up.kernel_weights),
+                ctypes.pointer(layer.down.kernel_weights),
+                self.normed(layer.norm_attention),
+                self.normed(layer.norm_mlp, gelu=True),
             )
-            for layer in model.gpt_neox.layers
+            for layer in model.layers
         ]
-        self.before_head = self.normed(model.gpt_neox.final_layer_norm)
+        self.before_head = self.normed(model.final_norm)
 
     @staticmethod
-    def problem(model, precision: Precision, plan: AttentionPlan) -> str | None:
-        """Why this step cannot run `model` in `precision` with attention `plan`, or None."""
-        config = model.config
-        if config.model_type != "gpt_neox" or not config.use_parallel_residual:
-            return f"a {config.model_type} model without GPT-NeoX's parallel residuals"
-        if config.hidden_act != "gelu":
-            return f"activation {config.hidden_act}"
-        attention = model.gpt_neox.layers[0].attention
-        if attention.head_size % 8 or attention.head_size > 256 or attention.rotary_ndims % 2:
-            return f"heads of {attention.head_size} dims (attention.c takes multiples of 8 to 256)"
-        if plan.implementation != KERNEL or plan.cache.dtype != torch.float16:
-            return "attention is not the C kernel on an fp16 cache"
-        if precision.int8 != C_KERNEL:  # the loader then makes every linear layer Int8Linear
+    def problem(model: NeoX, precision: Precision) -> str | None:
+        """Why this step cannot run `model` in `precision`, or None."""
+        shape = model.shape
+        if precision.int8 is None or not precision.int8.c_step:
             return "the linear layers are not the C int8 kernel's"
+        if not shape.parallel_residual:
+            return "a GPT-NeoX without parallel residuals"
+        if shape.head_dim % 8 or shape.head_dim > 256 or shape.rotary % 2:
+            return f"heads of {shape.head_dim} dims (attention.c takes multiples of 8 to 256)"
         return problem(load_kernel)
 
-    def __call__(self, kv: Cache, ids: list[int], keep: int) -> torch.Tensor:
+    def __call__(self, cache: KVCache, ids: list[int], keep: int) -> torch.Tensor:
         """Logits [keep, vocab] of the last `keep` of `ids`, the new tokens; their keys and
-        values are added to `kv`, which must hold at least one token."""
-        neox = self.model.gpt_neox
-        new = len(ids)
-        x = neox.embed_in(torch.tensor(ids))  # [new, width]
-        layers = kv.layers
-        past = layers[0].get_seq_length()
-        cos, sin = (
-            t[0].contiguous() for t in neox.rotary_emb(x, torch.arange(past, past + new)[None])
-        )
+        values are written to `cache` after its tokens (the caller records the ids)."""
+        new, past = len(ids), cache.length
+        x = self.model.embed(torch.tensor(ids))  # [new, width]
+        cos, sin = (t.contiguous() for t in self.model.rotary(past, new, x.dtype))
+        cache.reserve(new)  # the buffers may move
         # The hidden state takes turns in two buffers: each layer reads one and writes the other.
         states = (x, torch.empty_like(x))
         run = LayerRun(
-            new, self.heads, self.head_dim, self.rotary, past, 0, self.scaling,
-            cos.data_ptr(), sin.data_ptr(),
+            new, self.heads, self.head_dim, self.rotary, past, cache.keys[0].stride(0),
+            self.scaling, cos.data_ptr(), sin.data_ptr(),
         )  # fmt: skip
         threads = torch.get_num_threads()
-        for turn, (weights, cache) in enumerate(zip(self.layers, layers, strict=True)):
-            cache.extend(new)  # room for the new tokens; the buffers may have moved
-            run.keys, run.values = cache.key_buffer.data_ptr(), cache.value_buffer.data_ptr()
-            run.head_stride = cache.key_buffer.stride(1)
+        for turn, weights in enumerate(self.layers):
+            run.keys, run.values = cache.keys[turn].data_ptr(), cache.values[turn].data_ptr()
             run.x, run.after = states[turn % 2].data_ptr(), states[1 - turn % 2].data_ptr()
             self.layer(weights, run, threads)
-        x = states[len(layers) % 2]
-        head = self.model.lm_head
+        x = states[len(self.layers) % 2]
+        head = self.model.head
         logits = x.new_empty(keep, head.out_features)
         self.linear(head, x[-keep:], logits, threads, self.before_head)
         return logits
@@ -181,10 +171,8 @@ def load_kernel() -> ctypes.CDLL:
 
 
 def check(library: ctypes.CDLL) -> None:
-    """Compare `fim_rope_store` with transformers' rotary embedding and an fp16 cache write, bit
-    for bit, on a small case: the step must give what transformers' modules give."""
-    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
-
+    """Compare `fim_rope_store` with the model's rotary embedding (neox.py) and an fp16 cache
+    write, bit for bit, on a small case: the step must give what the torch modules give."""
     generator = torch.Generator().manual_seed(0)
     new, heads, dim, rotary, past, capacity = 3, 2, 16, 8, 4, 9
     qkv = torch.randn(new, heads, 3 * dim, generator=generator)
@@ -196,13 +184,13 @@ def check(library: ctypes.CDLL) -> None:
         qkv.data_ptr(), new, heads, dim, rotary, cos.data_ptr(), sin.data_ptr(),
         query.data_ptr(), keys.data_ptr(), values.data_ptr(), capacity * dim, past,
     )  # fmt: skip
-    q, k, v = qkv.view(1, new, heads, 3 * dim).transpose(1, 2).chunk(3, dim=-1)
-    q, k = apply_rotary_pos_emb(q, k, cos[None], sin[None])
+    q, k, v = qkv.transpose(0, 1).chunk(3, dim=-1)  # [heads, new, dim] each
+    q, k = apply_rotary(q, k, cos, sin)
     cached = slice(past, past + new)
     if not (
-        torch.equal(query, q[0])
-        and torch.equal(keys[:, cached], k[0].half())
-        and torch.equal(values[:, cached], v[0].half())
+        torch.equal(query, q)
+        and torch.equal(keys[:, cached], k.half())
+        and torch.equal(values[:, cached], v.half())
         and not keys[:, :past].any()
     ):
-        raise NativeError("the rotary embedding kernel's result differs from transformers'")
+        raise NativeError("the rotary embedding kernel's result differs from the model's")

@@ -1,4 +1,8 @@
-"""Generation: prefill what the KV cache lacks, then one decode step per token, with stop checks."""
+"""Generation: prefill what the KV cache lacks, then one decode step per token, with stop checks.
+
+The engine is the local Backend (backend.py): a model, its precision and its cache. Per-request
+choices (tokens, temperature, drafts, cache reuse) come in as GenerationOptions.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,10 @@ from collections.abc import Callable
 import torch
 
 from fim_lsp.backend import Generation, GenerationOptions
-from fim_lsp.engine.attention import KERNEL_MAX_NEW_TOKENS, choose_attention
-from fim_lsp.engine.cpu_step import CpuStep
-from fim_lsp.engine.kv_cache import PromptCache
-from fim_lsp.engine.precision import Precision
+from fim_lsp.engine.choices import Precision
+from fim_lsp.engine.cpu_step import STEP_MAX_TOKENS, CpuStep
+from fim_lsp.engine.kv_cache import KVCache
+from fim_lsp.engine.neox import NeoX
 from fim_lsp.errors import EngineError
 
 # Prefill runs in chunks so that a cancel is seen between them; what was prefilled stays cached.
@@ -24,29 +28,30 @@ class Engine:
 
     name = "local"
 
-    def __init__(self, model, precision: Precision, vocab_size: int):
-        self.attention = choose_attention(precision)
-        model.set_attn_implementation(self.attention.implementation)
+    def __init__(self, model: NeoX, precision: Precision, vocab_size: int):
         self.model = model
         self.precision = precision
         self.device = torch.device(precision.device)
         self.vocab_size = vocab_size  # logits past it are never sampled
-        self.context_length = model.config.max_position_embeddings  # tokens it was trained on
+        self.context_length = model.shape.positions  # tokens it was trained on
+        shape = model.shape
+        self.cache = KVCache(
+            shape.layers, shape.heads, shape.head_dim, precision.cache_dtype, self.device
+        )
+        # A few new tokens after cached ones (decode steps, drafts, keystrokes) skip torch's
+        # modules where the C kernels run the whole layer.
+        self.step_problem = CpuStep.problem(model, precision)
+        self.step = None if self.step_problem else CpuStep(model)
         # Draft length now: +2 after a fully accepted draft, -1 after a miss (transformers'
         # "heuristic" schedule), so that drafts the model keeps rejecting stay short and cheap.
         self.draft_length = 8
-        self.cache = PromptCache(self.attention.cache)
-        # A few new tokens after cached ones (decode steps, drafts, keystrokes) skip
-        # transformers' modules where the C kernels run the whole layer.
-        self.step_problem = CpuStep.problem(model, precision, self.attention)
-        self.step = None if self.step_problem else CpuStep(model)
         self.drafted = self.accepted = 0  # running totals
 
     @property
     def steps(self) -> str:
         """What runs a few new tokens, for the log."""
         if self.step_problem:
-            return f"transformers' modules ({self.step_problem})"
+            return f"torch modules ({self.step_problem})"
         return "C step (one C call per layer)"
 
     def about(self) -> dict[str, str]:
@@ -54,7 +59,7 @@ class Engine:
         return {
             "device": self.precision.device,
             "quantization": self.precision.quantization,
-            "attention": self.attention.reason,
+            "attention": self.precision.attention if self.step else "torch sdpa",
             "decode_steps": self.steps,
         }
 
@@ -84,9 +89,7 @@ class Engine:
             cached = self.cache.keep(prompt)
             logits = self.prefill(prompt[cached:], cancel)
             # Sampling waits for a GPU's queued work: prefill's time ends with its first token.
-            first = (
-                None if logits is None else self.sample(logits[-1], options.temperature, generator)
-            )
+            first = None if logits is None else sample(logits[-1], options.temperature, generator)
             prefilled_at = time.perf_counter()
             if first is None:
                 stop_reason = "cancelled"
@@ -95,7 +98,7 @@ class Engine:
                     prompt, generated, first, options, generator, should_stop, cancel
                 )
         except BaseException as error:
-            self.cache.clear()  # a forward pass that broke off may have grown some layers only
+            self.cache.clear()  # a forward pass that broke off may have written some layers only
             if isinstance(error, torch.OutOfMemoryError):
                 raise EngineError(
                     f"out of memory while generating: lower contextLength, or use device cpu "
@@ -125,7 +128,6 @@ class Engine:
         cancel: threading.Event,
     ) -> str:
         """Append tokens to `generated` until a stop; returns the stop reason."""
-        max_new_tokens, temperature = options.max_new_tokens, options.temperature
         # Tokens decided but not yet returned; all but the last are already in the cache.
         decided = [first]
         while True:
@@ -135,19 +137,21 @@ class Engine:
             generated.append(token)
             if should_stop(generated):
                 return "stop"
-            if len(generated) >= max_new_tokens:
+            if len(generated) >= options.max_new_tokens:
                 return "length"
             if decided:
                 continue
             if cancel.is_set():
                 return "cancelled"
-            room = max_new_tokens - len(generated) - 1
+            room = options.max_new_tokens - len(generated) - 1
             limit = min(room, self.draft_length, options.draft_tokens)
-            draft = self.draft(prompt + generated, limit) if temperature <= 0 else []
+            greedy = options.temperature <= 0
+            draft = self.draft(prompt + generated, limit) if greedy else []
             if draft:
                 decided = self.verify(token, draft, options.draft_tokens)
             else:
-                decided = [self.sample(self.forward([token])[-1], temperature, generator)]
+                logits = self.forward([token])[-1]
+                decided = [sample(logits, options.temperature, generator)]
 
     @staticmethod
     def draft(ids: list[int], limit: int) -> list[int]:
@@ -165,11 +169,10 @@ class Engine:
     def verify(self, token: int, draft: list[int], longest: int) -> list[int]:
         """Run `token` and the draft in one forward pass; keep the draft's longest prefix that
         greedy decoding would have produced, plus the model's own next token (exactly greedy)."""
-        predicted = torch.argmax(
-            self.forward([token, *draft], keep=len(draft) + 1), dim=-1
-        ).tolist()
+        predicted = torch.argmax(self.forward([token, *draft], keep=len(draft) + 1), dim=-1)
+        predicted_ids = predicted.tolist()
         accepted = 0
-        while accepted < len(draft) and predicted[accepted] == draft[accepted]:
+        while accepted < len(draft) and predicted_ids[accepted] == draft[accepted]:
             accepted += 1
         self.cache.drop(len(draft) - accepted)
         missed = accepted < len(draft)
@@ -177,7 +180,7 @@ class Engine:
         self.draft_length = max(1, self.draft_length - 1) if missed else longer
         self.drafted += len(draft)
         self.accepted += accepted
-        return [*draft[:accepted], predicted[accepted]]
+        return [*draft[:accepted], predicted_ids[accepted]]
 
     def prefill(self, ids: list[int], cancel: threading.Event) -> torch.Tensor | None:
         """Run `ids` through the model after the cache; the last position's logits, or None if
@@ -191,22 +194,17 @@ class Engine:
 
     def forward(self, ids: list[int], keep: int = 1) -> torch.Tensor:
         # ids -> logits: [keep, vocab] for the last `keep` positions
-        if self.step and self.cache.ids and len(ids) <= KERNEL_MAX_NEW_TOKENS:
-            logits = self.step(self.cache.kv, ids, keep)
+        if self.step and len(ids) <= STEP_MAX_TOKENS:
+            logits = self.step(self.cache, ids, keep)
         else:
-            input_ids = torch.tensor([ids], device=self.device)
-            out = self.model(
-                input_ids=input_ids, cache=self.cache.kv, use_cache=True, logits_to_keep=keep
-            )
-            logits = out.logits[0]
+            logits = self.model(ids, self.cache, keep)
         self.cache.ids.extend(ids)
         return logits[:, : self.vocab_size].float()
 
-    def sample(
-        self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None
-    ) -> int:
-        # logits: [vocab]
-        if temperature <= 0:
-            return int(torch.argmax(logits))
-        probabilities = torch.softmax(logits / temperature, dim=-1)
-        return int(torch.multinomial(probabilities, 1, generator=generator))
+
+def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
+    # logits: [vocab]
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    probabilities = torch.softmax(logits / temperature, dim=-1)
+    return int(torch.multinomial(probabilities, 1, generator=generator))

@@ -1,113 +1,89 @@
-"""The engine's memory of the tokens it has run: their ids and their keys and values.
+"""The engine's memory of the tokens it has run: their ids, and their keys and values per layer.
 
 An SPM prompt (`<SUF> suffix <PRE> prefix <MID>`) only grows at its end while the user types at
 the cursor, so a new prompt usually shares all but a few tokens with the last one: those are
-cropped off and only the new tokens are run.
+dropped and only the new tokens are run.
+
+Each layer's keys and values sit in one buffer [heads, capacity, head_dim] with room to spare,
+doubled when full: a new token is written in place (a cache grown by concatenation copies
+itself on every step), and each head's tokens are contiguous rows, as the C kernels read them.
+On a CPU the buffers are on huge pages (memory.py): a decode step streams all of them.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
-
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
 
 from fim_lsp.engine import memory
 
-
-@dataclass(frozen=True)
-class CacheFormat:
-    """How the KV cache stores keys and values."""
-
-    dtype: torch.dtype | None = None  # None: the model's
-    transposed: bool = False  # [heads, head_dim, tokens], for torch's eager attention
+MIN_CAPACITY = 256  # tokens: the first allocation
 
 
-class GrowingLayer(DynamicLayer):
-    """A layer's keys and values in a buffer with room to spare, doubled when full, in the
-    engine's CacheFormat: a dtype (fp16 halves what a decode step reads), and a layout.
+class KVCache:
+    def __init__(
+        self, layers: int, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
+    ):
+        self.ids: list[int] = []  # the tokens whose keys and values are held, in order
+        self.shape = (heads, 0, head_dim)
+        self.dtype, self.device = dtype, device
+        self.keys = [torch.empty(self.shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.empty(self.shape, dtype=dtype, device=device) for _ in range(layers)]
 
-    transformers' DynamicLayer appends with `torch.cat`, which copies the whole cache on every
-    decode step: at 1,000 tokens that is as many bytes again as the step reads. Here a new token
-    is written in place, and `keys`/`values` are views of the filled part, so cropping (the parent's
-    slicing) and the attention read only the tokens that are there.
+    @property
+    def length(self) -> int:
+        return len(self.ids)
 
-    The views have the usual shape [batch, heads, tokens, head_dim]. The C kernel
-    (attention.py) reads each head's tokens as contiguous rows. Stored transposed, as
-    [batch, heads, head_dim, tokens], they suit torch's eager attention instead: with one query
-    row its two products (`query @ keys.T`, `weights @ values`) then read long contiguous rows.
-    """
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[1]
 
-    def __init__(self, form: CacheFormat | None = None):
-        super().__init__()
-        self.form = form or CacheFormat()
+    @property
+    def nbytes(self) -> int:
+        """The memory its buffers take."""
+        return 2 * sum(buffer.nbytes for buffer in self.keys)
 
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # key_states, value_states: [batch, heads, new tokens, head_dim]
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-            self.key_buffer = self.value_buffer = key_states[..., :0, :]
-        start = self.extend(key_states.shape[-2])
-        self.keys[..., start:, :] = key_states  # converted to the buffer's dtype
-        self.values[..., start:, :] = value_states
-        return self.keys, self.values
+    def reserve(self, count: int) -> None:
+        """Room for `count` tokens after the ones held (the buffers may move)."""
+        end = self.length + count
+        if end > self.capacity:
+            capacity = max(2 * end, MIN_CAPACITY)
+            self.keys = [self.grown(buffer, capacity) for buffer in self.keys]
+            self.values = [self.grown(buffer, capacity) for buffer in self.values]
 
-    def extend(self, count: int) -> int:
-        """Room for `count` more tokens, counted in from now on; returns where they start.
-        `update` writes them; the CPU decode step (cpu_step.py) writes them in C."""
-        start = self.get_seq_length()
-        end = start + count
-        if end > self.key_buffer.shape[-2]:
-            self.key_buffer = self.grown(self.key_buffer, start, end)
-            self.value_buffer = self.grown(self.value_buffer, start, end)
-        self.keys = self.key_buffer[..., :end, :]
-        self.values = self.value_buffer[..., :end, :]
-        return start
-
-    def grown(self, buffer: torch.Tensor, length: int, end: int) -> torch.Tensor:
-        """A buffer in the cache's format with room for at least twice `end` tokens, holding the
-        first `length` of `buffer`; seen, like all buffers here, in the usual shape."""
-        batch, heads, _, dim = buffer.shape
-        capacity = max(2 * end, 256)
-        dtype = self.form.dtype or buffer.dtype
-        tokens_last = self.form.transposed
-        shape = (batch, heads, dim, capacity) if tokens_last else (batch, heads, capacity, dim)
-        if buffer.device.type == "cpu":  # on huge pages, as decode steps stream it
-            bigger = memory.empty(shape, dtype)
+    def grown(self, buffer: torch.Tensor, capacity: int) -> torch.Tensor:
+        heads, _, dim = buffer.shape
+        if self.device.type == "cpu":
+            bigger = memory.empty((heads, capacity, dim), self.dtype)
         else:
-            bigger = buffer.new_empty(shape, dtype=dtype)
-        if tokens_last:
-            bigger = bigger.mT
-        if length:
-            bigger[..., :length, :] = buffer[..., :length, :]
+            bigger = torch.empty((heads, capacity, dim), dtype=self.dtype, device=self.device)
+        bigger[:, : self.length] = buffer[:, : self.length]
         return bigger
 
-
-class PromptCache:
-    """The token ids that the model has seen, and their keys and values."""
-
-    def __init__(self, form: CacheFormat | None = None) -> None:
-        self.form = form or CacheFormat()
-        self.clear()
+    def write(
+        self, layer: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new tokens' keys and values [heads, n, head_dim] of `layer` after the held
+        ones (room reserved first); returns all of the layer's [heads, length + n, head_dim]."""
+        start, end = self.length, self.length + keys.shape[1]
+        assert end <= self.capacity, "reserve room before writing"
+        self.keys[layer][:, start:end] = keys  # converted to the cache's dtype
+        self.values[layer][:, start:end] = values
+        return self.keys[layer][:, :end], self.values[layer][:, :end]
 
     def keep(self, prompt: list[int]) -> int:
-        """Crop to the longest common prefix with `prompt`, leaving at least one token to run."""
-        limit = min(len(self.ids), len(prompt) - 1)
+        """Drop what `prompt` does not share from its start, keeping at least one token of the
+        prompt to run; returns how many tokens are kept."""
+        limit = min(self.length, len(prompt) - 1)
         common = 0
         while common < limit and self.ids[common] == prompt[common]:
             common += 1
-        self.drop(len(self.ids) - common)
+        self.drop(self.length - common)
         return common
 
     def drop(self, count: int) -> None:
-        """Forget the last `count` tokens."""
+        """Forget the last `count` tokens (their rows are written over later)."""
         if count > 0:
-            self.kv.crop(-count)
             del self.ids[-count:]
 
     def clear(self) -> None:
-        self.ids: list[int] = []
-        self.kv = Cache(layer_class_to_replicate=functools.partial(GrowingLayer, self.form))
+        self.ids.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,16 +12,10 @@ from pathlib import Path
 
 import torch
 
+from fim_lsp.engine.choices import Precision, choose
 from fim_lsp.engine.generate import Engine
-from fim_lsp.engine.precision import (
-    BITSANDBYTES,
-    C_KERNEL,
-    TORCH_DYNAMIC,
-    WEIGHT_ONLY,
-    Precision,
-    choose_precision,
-)
-from fim_lsp.engine.streaming import load_int8_by_module
+from fim_lsp.engine.neox import NeoX, Shape
+from fim_lsp.engine.weights import load_neox
 from fim_lsp.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -114,53 +109,40 @@ def load_engine(
 
     `vocab_size` is the tokenizer's: ids at or past it are never generated.
     """
-    precision = choose_precision(device, quantization, int8_backend)
+    precision = choose(device, quantization, int8_backend)
     folder = folder or resolve_model(model, progress)
     progress(f"loading {folder.name} ({precision.reason})", 10)
-    model_obj = load_weights(folder, precision, TRAINED_CONTEXT.get(model))
+    neox = load_weights(folder, precision, TRAINED_CONTEXT.get(model))
     progress("model ready", 100)
     # The hub config pads the embedding to 50304 rows; rows past the tokenizer are untrained.
-    vocab_size = min(vocab_size, model_obj.config.vocab_size)
-    return Engine(model_obj, precision, vocab_size)
+    return Engine(neox, precision, min(vocab_size, neox.shape.vocab))
 
 
-def load_weights(folder: Path, precision: Precision, trained_context: int | None = None):
-    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
-    from transformers.utils import logging as hf_logging
+def read_shape(folder: Path, trained_context: int | None = None) -> Shape:
+    """The model's dimensions from its config.json (read with transformers' GPTNeoXConfig)."""
+    from transformers import GPTNeoXConfig
 
-    hf_logging.disable_progress_bar()  # stdout is the LSP wire; our own progress goes to the client
     try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        config = GPTNeoXConfig.from_pretrained(folder)
     except Exception as error:
         raise EngineError(f"{folder} has no readable config.json ({error})") from error
+    shape = Shape.from_config(config)
     if trained_context:  # rotary embeddings have no table to overflow
-        config.max_position_embeddings = trained_context
+        shape = dataclasses.replace(shape, positions=trained_context)
+    return shape
+
+
+def load_weights(folder: Path, precision: Precision, trained_context: int | None = None) -> NeoX:
+    shape = read_shape(folder, trained_context)
     try:
-        with freed_memory_returned():
-            if precision.int8 in (C_KERNEL, TORCH_DYNAMIC, WEIGHT_ONLY):
-                # peak memory near the 8-bit size
-                model = load_int8_by_module(
-                    folder, config, precision.int8, precision.device, precision.dtype
-                )
-            else:
-                bitsandbytes = precision.int8 == BITSANDBYTES
-                model = AutoModelForCausalLM.from_pretrained(
-                    folder,
-                    config=config,
-                    dtype=precision.dtype,
-                    device_map=precision.device,  # weights go straight to their device
-                    quantization_config=BitsAndBytesConfig(load_in_8bit=True)
-                    if bitsandbytes
-                    else None,
-                    trust_remote_code=False,
-                )
+        with freed_memory_returned():  # peak memory near the int8 size
+            return load_neox(folder, shape, precision)
     except torch.OutOfMemoryError as error:
         raise EngineError(
             f"out of memory loading {folder} on {precision.device}: {error}"
         ) from error
     except (OSError, ValueError, RuntimeError) as error:
         raise EngineError(f"cannot load the model in {folder}: {error}") from error
-    return model.eval()
 
 
 @contextmanager

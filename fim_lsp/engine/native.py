@@ -92,11 +92,15 @@ def cache_folder() -> Path:
     return Path(root) / "fim-lsp"
 
 
+def recipe_digest() -> str:
+    """A digest of the kernels' sources and flags: what a build (or a timing of it) depends on."""
+    code = b"".join(file.read_bytes() for file in SOURCES + HEADERS)
+    return hashlib.sha256(code + " ".join(BUILD_FLAGS).encode()).hexdigest()[:16]
+
+
 def build(folder: Path) -> Path:
     """The shared library compiled from SOURCES, reused while they and the flags are unchanged."""
-    code = b"".join(file.read_bytes() for file in SOURCES + HEADERS)
-    recipe = code + " ".join(BUILD_FLAGS).encode()
-    target = folder / f"kernels-{hashlib.sha256(recipe).hexdigest()[:16]}.so"
+    target = folder / f"kernels-{recipe_digest()}.so"
     if target.is_file():
         return target
     compiler = os.environ.get("CC") or "cc"
