@@ -19,6 +19,7 @@ from fim_lsp.engine import EngineError
 from fim_lsp.logs import configure_logging
 from fim_lsp.pipeline import Completer, Completion, ShownSuggestions, unsuitable
 from fim_lsp.prompt import TokenizerError
+from fim_lsp.protocol import FimProtocol
 from fim_lsp.scheduler import Scheduler
 from fim_lsp.settings import Settings, camel_case, from_client, merge
 
@@ -36,7 +37,7 @@ class OpenDocument:
 
 class FimLanguageServer(LanguageServer):
     def __init__(self, settings: Settings | None = None) -> None:
-        super().__init__("fim-lsp", __version__)
+        super().__init__("fim-lsp", __version__, protocol_cls=FimProtocol)
         self.settings = settings or Settings()
         self.completer: Completer | None = None
         self.state = "starting"  # starting, loading, ready, error
