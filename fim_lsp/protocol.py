@@ -16,6 +16,8 @@ from pygls.protocol import LanguageServerProtocol
 log = logging.getLogger(__name__)
 
 ErrorCode = types.ErrorCodes
+Id = typing.Union[int, str]  # noqa: UP007 (as lsprotocol's fields spell it)
+OptionalId = typing.Optional[Id]  # noqa: UP045
 REQUEST_TYPES = frozenset(typing.get_args(types.REQUESTS))
 NOTIFICATION_TYPES = frozenset(typing.get_args(types.NOTIFICATIONS))
 
@@ -191,7 +193,8 @@ def strict_json_types(converter: cattrs.Converter) -> None:
     """Make `converter` refuse JSON values of the wrong type instead of coercing them.
 
     cattrs would turn a line of 1.5 into 1, "3" into 3, true into 1 and 5 into "5": a position or
-    an edit the client never meant.
+    an edit the client never meant. lsprotocol takes any value as an id: a list one made pygls'
+    $/cancelRequest raise.
     """
     names = {int: "an integer", str: "a string", bool: "a boolean", float: "a number"}
     json_types = {int: (int,), str: (str,), bool: (bool,), float: (float, int)}
@@ -206,6 +209,14 @@ def strict_json_types(converter: cattrs.Converter) -> None:
 
     for base in json_types:
         converter.register_structure_hook(base, hook(base))
+
+    def structure_id(value: Any, _type: type) -> Any:  # request ids, progress tokens
+        if not is_valid_id(value) and not (value is None and _type is OptionalId):
+            raise TypeError(f"expected an integer or a string, got {json_type(value)}")
+        return value
+
+    converter.register_structure_hook(Id, structure_id)
+    converter.register_structure_hook(OptionalId, structure_id)
 
 
 def is_valid_id(value: Any) -> TypeGuard[int | str]:

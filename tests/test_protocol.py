@@ -216,6 +216,8 @@ def test_bad_notifications_are_dropped_and_the_user_told_once(client):
     assert len(shown) == 1 and "textDocument/didChange" in shown[0]["params"]["message"]
     assert told == []  # the second is only logged
     assert client.notify("nope", {}) == [] and client.notify("$/nope", "x") == []
+    for msg_id in [[1], {"a": 1}, 1.5, True, None]:  # a list once made pygls raise
+        assert client.notify("$/cancelRequest", {"id": msg_id}) == []
 
 
 async def test_a_cancel_notification_cancels_a_request_in_flight(client):
