@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,11 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fim-lsp {__version__}")
     add_settings(parser)
     parser.add_argument("--stdio", action="store_true", help=argparse.SUPPRESS)
-    parser.set_defaults(run=serve, tcp=None)
+    parser.set_defaults(run=serve, tcp=None, allow_remote=False)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     serve_parser = commands.add_parser("serve", help="speak LSP over stdio (the default)")
-    serve_parser.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP, for debugging")
+    serve_parser.add_argument(
+        "--tcp", metavar="HOST:PORT", help="listen on TCP for one client (loopback hosts only)"
+    )
+    serve_parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="let --tcp listen on a host other machines reach (they can read what the editor sends)",
+    )
     # Many clients append --stdio; stdio is the default anyway.
     serve_parser.add_argument(
         "--stdio", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -100,15 +109,28 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
+    from fim_lsp import transport
+
+    if args.tcp:
+        try:  # before loading the server: a refusal is quick
+            host, port = transport.tcp_address(args.tcp, args.allow_remote)
+        except ValueError as error:
+            return fail(f"--tcp {error}")
+
     from fim_lsp.server import server
 
     server.orchestrator.settings = settings
-    if args.tcp:
-        host, _, port = args.tcp.rpartition(":")
-        server.start_tcp(host or "127.0.0.1", int(port))
+    if not args.tcp:
+        code = transport.serve_stdio(server)
     else:
-        server.start_io()
-    return 0
+        try:
+            code = transport.serve_tcp(server, host, port)
+        except OSError as error:  # the port is taken, say
+            return fail(f"--tcp {args.tcp}: {error}")
+    # The client is gone. The model's worker thread may be loading or generating, which cannot
+    # be interrupted: end now rather than when it finishes (up to a minute for a load).
+    logging.shutdown()
+    os._exit(code)
 
 
 def complete(args: argparse.Namespace, settings: Settings) -> int:
