@@ -5,11 +5,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from fim_lsp.engine.errors import EngineError
 from fim_lsp.engine.generate import Engine
@@ -21,7 +23,7 @@ from fim_lsp.engine.precision import (
     Precision,
     choose_precision,
 )
-from fim_lsp.engine.streaming import load_int8_by_module
+from fim_lsp.engine.streaming import load_int8_by_module, tensor_names
 
 log = logging.getLogger(__name__)
 
@@ -125,15 +127,37 @@ def load_engine(
     return Engine(model_obj, precision, vocab_size, reuse_cache)
 
 
+# What reading a missing, truncated or corrupt weights file raises.
+UNREADABLE = (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError)
+
+
+def read_config(folder: Path):
+    """The folder's transformers config (no remote code); EngineError when it is unreadable."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except Exception as error:
+        raise EngineError(f"{folder} has no readable config.json ({error})") from error
+
+
+def check_folder(folder: Path) -> None:
+    """Read the config and each weights file's index as loading does, without the weights;
+    EngineError with loading's message for what is broken."""
+    read_config(folder)
+    try:
+        for file in [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]:
+            tensor_names(file)
+    except UNREADABLE as error:
+        raise EngineError(f"cannot load the model in {folder}: {error}") from error
+
+
 def load_weights(folder: Path, precision: Precision, trained_context: int | None = None):
-    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # stdout is the LSP wire; our own progress goes to the client
-    try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-    except Exception as error:
-        raise EngineError(f"{folder} has no readable config.json ({error})") from error
+    config = read_config(folder)
     if trained_context:  # rotary embeddings have no table to overflow
         config.max_position_embeddings = trained_context
     try:
@@ -159,7 +183,7 @@ def load_weights(folder: Path, precision: Precision, trained_context: int | None
         raise EngineError(
             f"out of memory loading {folder} on {precision.device}: {error}"
         ) from error
-    except (OSError, ValueError, RuntimeError) as error:
+    except UNREADABLE as error:
         raise EngineError(f"cannot load the model in {folder}: {error}") from error
     return model.eval()
 
