@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -214,9 +215,12 @@ def value_text(value: Any) -> str:
 
 def declared(field: dataclasses.Field, hint: Any) -> Setting:
     """The `Setting` for a field of `Settings`, given its resolved type hint (`str | None`)."""
-    kinds = [kind for kind in typing.get_args(hint) or (hint,) if kind is not type(None)]
-    nullable = len(kinds) < len(typing.get_args(hint) or (hint,))
-    return Setting(field.name, kinds[0], nullable, field.default, **field.metadata)
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = set(typing.get_args(hint)) if union else {hint}
+    kind = next(iter(kinds - {type(None)}))
+    if len(kinds - {type(None)}) != 1 or kind not in (bool, int, float, str):
+        raise TypeError(f"setting {field.name}: {hint} is not bool, int, float or str (or | None)")
+    return Setting(field.name, kind, type(None) in kinds, field.default, **field.metadata)
 
 
 HINTS = typing.get_type_hints(Settings)

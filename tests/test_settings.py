@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from fim_lsp import cli
-from fim_lsp.settings import SETTINGS, Settings, from_client, merge
+from fim_lsp.settings import SETTINGS, Settings, declared, from_client, merge
 
 NUMBERS = [setting for setting in SETTINGS.values() if setting.kind in (int, float)]
 
@@ -144,3 +145,10 @@ def test_null_restores_the_default():
     changed, _ = merge(Settings(), {"maxNewTokens": 8, "logFile": "/tmp/x.log"})
     restored, warnings = merge(changed, {"maxNewTokens": None, "logFile": None})
     assert restored == Settings() and warnings == []
+
+
+@pytest.mark.parametrize("hint", [list[str], int | str, dict])
+def test_only_plain_types_can_be_declared(hint):
+    field = next(f for f in dataclasses.fields(Settings) if f.name == "model")
+    with pytest.raises(TypeError, match="is not bool, int, float or str"):
+        declared(field, hint)
