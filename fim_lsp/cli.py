@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from lsprotocol import types
 
@@ -76,21 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
 def add_settings(parser: argparse.ArgumentParser) -> None:
     """A flag per setting; SUPPRESS keeps a subcommand from resetting what the main parser set."""
     for setting in SETTINGS.values():
-        if setting.kind is bool:
-            parser.add_argument(
-                setting.flag,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=flag_help(setting),
-            )
-        else:
-            parser.add_argument(
-                setting.flag,
-                type=setting.kind,
-                choices=list(setting.choices) or None,
-                default=argparse.SUPPRESS,
-                help=flag_help(setting),
-            )
+        values: dict[str, Any] = (
+            {"action": argparse.BooleanOptionalAction}  # --cache-reuse, --no-cache-reuse
+            if setting.kind is bool
+            else {"type": setting.kind, "choices": list(setting.choices) or None}
+        )
+        parser.add_argument(
+            setting.flag, default=argparse.SUPPRESS, help=flag_help(setting), **values
+        )
 
 
 def flag_help(setting: Setting) -> str:
