@@ -9,27 +9,20 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from lsprotocol import types
 
 from fim_lsp import __version__, evaluate
+from fim_lsp.languages import language_id_for
 from fim_lsp.logs import configure_logging
-from fim_lsp.settings import CHOICES, FIELDS, Settings, merge
-
-# File extension -> LSP languageId, for `complete` (editors send the languageId themselves).
-LANGUAGE_IDS = {
-    ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript",
-    ".jsx": "javascriptreact", ".ts": "typescript", ".tsx": "typescriptreact", ".go": "go",
-    ".rs": "rust", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp",
-    ".java": "java", ".lua": "lua", ".sh": "shellscript", ".bash": "shellscript",
-}  # fmt: skip
+from fim_lsp.settings import SETTINGS, Setting, Settings, merge
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    options = {name: value for name, value in vars(args).items() if name in FIELDS}
-    settings, problems = merge(Settings(), options)
+    settings, problems = settings_from(args)
     if problems:
         parser.error("; ".join(problems))
     try:
@@ -91,21 +84,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_settings(parser: argparse.ArgumentParser) -> None:
-    """The shared options; SUPPRESS keeps a subcommand from resetting what the main parser set."""
-    defaults = Settings()
-    add = parser.add_argument
-    keep = argparse.SUPPRESS
-    add("--model", default=keep, help=f"hub id, local folder, or demo (default {defaults.model})")
-    add("--device", default=keep, choices=CHOICES["device"], help="default auto")
-    add("--quantization", default=keep, choices=CHOICES["quantization"], help="default int8")
-    add("--context-length", type=int, default=keep, help="tokens (default 2048)")
-    add("--max-new-tokens", type=int, default=keep, help="default 64")
-    add("--temperature", type=float, default=keep, help="0 = greedy (default)")
-    add("--multiline", default=keep, choices=CHOICES["multiline"], help="default auto")
-    add("--max-time-ms", type=int, default=keep, help="end at the next line end after this")
-    add("--debounce-ms", type=int, default=keep, help="default 30")
-    add("--draft-tokens", type=int, default=keep, help="prompt-lookup draft length, 0 = off")
-    add("--log-file", default=keep, help="log here instead of stderr")
+    """A flag per setting; SUPPRESS keeps a subcommand from resetting what the main parser set."""
+    for setting in SETTINGS.values():
+        values: dict[str, Any] = (
+            {"action": argparse.BooleanOptionalAction}  # --cache-reuse, --no-cache-reuse
+            if setting.kind is bool
+            else {"type": setting.kind, "choices": list(setting.choices) or None}
+        )
+        parser.add_argument(
+            setting.flag, default=argparse.SUPPRESS, help=flag_help(setting), **values
+        )
+
+
+def flag_help(setting: Setting) -> str:
+    meanings = [f"{value}: {meaning}." for value, meaning in setting.choices.items() if meaning]
+    allowed = f"{setting.bounds}, " if setting.bounds else ""
+    text = " ".join([setting.help, *meanings, f"({allowed}default {setting.default_text})"])
+    # argparse expands %-formats in help; backticks are markdown for the docs
+    return text.replace("`", "").replace("%", "%%")
+
+
+def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
+    """The defaults with the flags given on the command line over them, and any problems."""
+    return merge(
+        Settings(), {name: value for name, value in vars(args).items() if name in SETTINGS}
+    )
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -143,7 +146,7 @@ def complete(args: argparse.Namespace, settings: Settings) -> int:
     try:
         path, line, column = parse_location(args.where)
         text = path.read_bytes().decode("utf-8")  # keeps CRLF, as an editor would
-        document = Document(text, args.language or LANGUAGE_IDS.get(path.suffix.lower(), ""))
+        document = Document(text, args.language or language_id_for(path))
         # Columns count characters (code points), like compiler messages: LSP's utf-32.
         place = document.place(types.Position(line - 1, column - 1), "utf-32")
     except (ValueError, OSError, PositionError) as error:

@@ -61,7 +61,9 @@ def report(settings: Settings, say: Callable[[str], None]) -> list[str]:
 def model_report(model: str, say: Callable[[str], None], problem: Callable[[str], None]) -> None:
     from huggingface_hub import constants, try_to_load_from_cache
 
-    from fim_lsp.engine.loading import DEMO_MODEL
+    from fim_lsp.engine import EngineError
+    from fim_lsp.engine.loading import DEMO_MODEL, check_folder
+    from fim_lsp.prompt import FimTokenizer, TokenizerError
 
     say(f"model: {model}")
     say(f"hub cache: {constants.HF_HUB_CACHE} (HF_HUB_OFFLINE={int(constants.HF_HUB_OFFLINE)})")
@@ -84,3 +86,8 @@ def model_report(model: str, say: Callable[[str], None], problem: Callable[[str]
         return
     size = sum(os.path.getsize(path) for path in weights) / 1e9
     say(f"model files: {folder} ({size:.2f} GB of weights)")
+    try:
+        FimTokenizer.from_file(folder / "tokenizer.json")
+        check_folder(folder)
+    except (EngineError, TokenizerError) as error:
+        problem(str(error))

@@ -534,10 +534,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             return 1
         from fim_lsp.engine import EngineError
         from fim_lsp.pipeline import Completer
+        from fim_lsp.prompt import TokenizerError
 
         try:
             completer = Completer.load(settings)
-        except EngineError as error:
+        except (EngineError, TokenizerError) as error:
             print(f"fim-lsp eval: {error}", file=sys.stderr)
             return 1
         report = evaluate(completer, problems, args.subset, args.samples, args.timeout)

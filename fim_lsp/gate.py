@@ -6,8 +6,7 @@ import enum
 
 from fim_lsp.documents import LINE_END, Cursor
 from fim_lsp.languages import language_for, opens_block
-
-POLICIES = ("auto", "always", "never")  # the `multiline` setting
+from fim_lsp.settings import MULTILINE
 
 # Right of the cursor, these do not make "code to the right": editors insert them in pairs,
 # and post-processing can overwrite them (see postprocess.closing_overlap).
@@ -23,8 +22,8 @@ def decide(
     cursor: Cursor, multiline: str = "auto", single_line_requested: bool = False
 ) -> Mode | None:
     """The kind of completion wanted at `cursor`, or None where no suggestion should be offered."""
-    if multiline not in POLICIES:
-        raise ValueError(f"multiline must be one of {', '.join(POLICIES)}, not {multiline!r}")
+    if multiline not in MULTILINE:
+        raise ValueError(f"multiline must be one of {', '.join(MULTILINE)}, not {multiline!r}")
     left, right = line_around(cursor)
     if before_word(right):
         return None

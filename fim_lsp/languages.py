@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -116,10 +117,27 @@ DEFAULT = Language(
 
 BY_ID = {language_id: language for language in LANGUAGES for language_id in language.ids}
 
+# File extension -> LSP languageId, for files read from disk (`fim-lsp complete`); editors send
+# the languageId themselves.
+LANGUAGE_IDS = {
+    ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript",
+    ".cjs": "javascript", ".jsx": "javascriptreact", ".ts": "typescript",
+    ".tsx": "typescriptreact", ".go": "go", ".rs": "rust", ".c": "c", ".h": "c", ".cc": "cpp",
+    ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp", ".cu": "cuda-cpp",
+    ".mm": "objective-cpp", ".java": "java", ".cs": "csharp",
+    ".kt": "kotlin", ".kts": "kotlin", ".lua": "lua", ".sh": "shellscript",
+    ".bash": "shellscript", ".zsh": "zsh",
+}  # fmt: skip
+
 
 def language_for(language_id: str) -> Language:
     """The table entry for an LSP languageId; `DEFAULT` for ids the table does not know."""
     return BY_ID.get(language_id.lower(), DEFAULT)
+
+
+def language_id_for(path: Path) -> str:
+    """The languageId of a file from its extension; "" when the table does not know it."""
+    return LANGUAGE_IDS.get(path.suffix.lower(), "")
 
 
 def scan(line: str, language: Language) -> tuple[int, str]:

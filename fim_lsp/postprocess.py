@@ -28,9 +28,7 @@ from fim_lsp.languages import (
     open_quote,
     opens_block,
 )
-
-# The model's control tokens: decoded text may contain them when generation runs past its end.
-CONTROL_TOKENS = ("<|endoftext|>", "<|SUF|>", "<|PRE|>", "<|MID|>")
+from fim_lsp.prompt import CONTROL_TOKENS
 
 TAB_WIDTH = 4  # columns a tab counts for when indentations are compared
 CONTEXT_CHARS = 8000  # how much text each side of the cursor the rules look at

@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 from fim_lsp.errors import TokenizerError
 
 SUF, PRE, MID, EOT = "<|SUF|>", "<|PRE|>", "<|MID|>", "<|endoftext|>"
+CONTROL_TOKENS = (SUF, PRE, MID, EOT)  # decoded output holds them when generation runs past its end
 
 # The window moves in whole chunks of lines, so typing at the cursor does not shift where the
 # prefix or suffix is cut and the engine can keep reusing its KV cache.
@@ -24,7 +25,7 @@ class FimTokenizer:
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        found = {name: tokenizer.token_to_id(name) for name in (SUF, PRE, MID, EOT)}
+        found = {name: tokenizer.token_to_id(name) for name in CONTROL_TOKENS}
         missing = [name for name, id_ in found.items() if id_ is None]
         ids = {name: id_ for name, id_ in found.items() if id_ is not None}
         if missing:

@@ -1,61 +1,232 @@
-"""Typed, defaulted settings and their one precedence.
+"""Every setting declared once (type, default, bounds, help), its validation and one precedence.
 
 Precedence, lowest first: defaults < command-line flags < LSP `initializationOptions`
 < `workspace/didChangeConfiguration`. The same names are used everywhere: snake_case in Python,
 kebab-case on the command line (`--max-new-tokens`), camelCase over LSP (`maxNewTokens`).
+The command-line flags are built from the declarations below; the README's options table and
+the VS Code settings are written from them by `python -m fim_lsp.settings_docs --write`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 DEFAULT_MODEL = "CarperAI/FIM-NeoX-1.3B"
 
-CHOICES = {
-    "device": ("auto", "cpu", "cuda"),
-    "quantization": ("int8", "none"),
-    "multiline": ("auto", "always", "never"),
+# The `multiline` setting's values; gate.decide applies them.
+MULTILINE = {
+    "auto": "a block on an empty line or after a block header, else the rest of the line",
+    "always": "always allow several lines",
+    "never": "only the rest of the line",
 }
-MINIMUM = {
-    "context_length": 64,
-    "max_new_tokens": 1,
-    "temperature": 0.0,
-    "max_time_ms": 0,
-    "debounce_ms": 0,
-    "draft_tokens": 0,
-}
+
+
+def setting(
+    default: T,
+    help: str,
+    *,
+    startup: bool = False,
+    choices: Mapping[str, str] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> T:
+    """A `Settings` field with everything about it.
+
+    `help` is one sentence (markdown backticks allowed); `startup` settings reload the model
+    when they change, the others apply to the next request; `choices` maps each allowed value
+    to what it means; `minimum` and `maximum` bound numbers (inclusive).
+    """
+    spec = {
+        "help": help,
+        "startup": startup,
+        "choices": dict(choices or {}),
+        "minimum": minimum,
+        "maximum": maximum,
+    }
+    return dataclasses.field(default=default, metadata=spec)
 
 
 @dataclass(frozen=True)
 class Settings:
-    # Startup: changing one of these reloads the model.
-    model: str = DEFAULT_MODEL  # hub id, local folder, or "demo"
-    device: str = "auto"
-    quantization: str = "int8"
-    # Live: read for every request.
-    context_length: int = 2048  # tokens: prompt plus generated
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy
-    multiline: str = "auto"
-    max_time_ms: int = 4000  # past this, generation ends at the next line end; 0 = no limit
-    debounce_ms: int = 30
-    draft_tokens: int = 8  # prompt-lookup speculative decoding (greedy only); 0 = off
-    cache_reuse: bool = True  # keep the KV cache across requests (off: for benchmarks)
-    log_file: str | None = None
+    model: str = setting(
+        DEFAULT_MODEL,
+        "Hub id (`owner/name`), local model folder, or `demo` (the small model in the package).",
+        startup=True,
+    )
+    device: str = setting(
+        "auto",
+        "Where the model runs.",
+        startup=True,
+        choices={
+            "auto": "CUDA when a GPU is visible, else the CPU",
+            "cpu": "the CPU",
+            "cuda": "the first CUDA GPU",
+        },
+    )
+    quantization: str = setting(
+        "int8",
+        "Weight precision.",
+        startup=True,
+        choices={
+            "int8": "8-bit weights: the C kernels on a CPU, widened to fp16 per layer on CUDA",
+            "none": "fp32 on the CPU, fp16 on CUDA",
+        },
+    )
+    # The pipeline uses at most the model's own window (2048 tokens for FIM-NeoX-1.3B); the
+    # maximum only refuses slips like an extra zero.
+    context_length: int = setting(
+        2048,
+        "Tokens of prompt plus completion; the model's own window caps it (2048 for FIM-NeoX-1.3B).",
+        minimum=64,
+        maximum=32768,
+    )
+    # At most half the context is generated (pipeline.new_tokens_allowed): 1024 for the
+    # 2048-token model, about 100 lines, already minutes of decoding on a CPU.
+    max_new_tokens: int = setting(64, "Longest completion, in tokens.", minimum=1, maximum=1024)
+    # Past 2 the distribution is nearly flat: samples are noise.
+    temperature: float = setting(
+        0.0, "Sampling temperature; 0 is greedy.", minimum=0.0, maximum=2.0
+    )
+    multiline: str = setting("auto", "Whether a completion may span lines.", choices=MULTILINE)
+    # A minute is longer than anyone watches for ghost text.
+    max_time_ms: int = setting(
+        4000,
+        "Past this, generation ends at the next line end; 0 = no limit.",
+        minimum=0,
+        maximum=60_000,
+    )
+    # Past two seconds the wait is no longer a pause in typing, and the answer comes for a
+    # cursor the user has left (10^9 left requests hanging).
+    debounce_ms: int = setting(
+        30,
+        "Wait this long after a request; a newer one for the same document replaces it.",
+        minimum=0,
+        maximum=2000,
+    )
+    # A draft and the token before it fit one C decode step (cpu_step.STEP_MAX_TOKENS);
+    # longer drafts would run through the slow path.
+    draft_tokens: int = setting(
+        8,
+        "Longest prompt-lookup draft (speculative decoding, greedy only); 0 = off.",
+        minimum=0,
+        maximum=15,
+    )
+    cache_reuse: bool = setting(
+        True, "Keep the KV cache between requests (off only to measure its effect)."
+    )
+    log_file: str | None = setting(None, "Log to this file instead of stderr.")
 
     def reloads_model(self, other: Settings) -> bool:
-        return (self.model, self.device, self.quantization) != (
-            other.model,
-            other.device,
-            other.quantization,
+        return any(
+            getattr(self, name) != getattr(other, name)
+            for name, declared in SETTINGS.items()
+            if declared.startup
         )
 
 
-FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
+@dataclass(frozen=True)
+class Setting:
+    """One `Settings` field as the command line, the docs and the validation see it."""
+
+    name: str  # snake_case: the field
+    kind: type  # int, float, bool or str
+    nullable: bool  # None is a valid value (and the default)
+    default: Any
+    help: str
+    startup: bool
+    choices: Mapping[str, str]
+    minimum: float | None
+    maximum: float | None
+
+    @property
+    def key(self) -> str:
+        """The name over LSP."""
+        return camel_case(self.name)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def default_text(self) -> str:
+        """The default as the docs show it: `none`, `true`, `0` for 0.0."""
+        return value_text(self.default)
+
+    @property
+    def bounds(self) -> str:
+        """The allowed range of a number, e.g. `1-1024`; "" when unbounded."""
+        low, high = (None if x is None else value_text(x) for x in (self.minimum, self.maximum))
+        if low is not None and high is not None:
+            return f"{low}-{high}"
+        return f"at least {low}" if low is not None else (f"at most {high}" if high else "")
+
+    def parse(self, value: Any) -> Any:
+        """`value` as this setting's type; TypeError or ValueError saying what is wrong."""
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise TypeError(f"expected true or false, got {value!r}")
+            return value
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise TypeError(f"expected text, got {value!r}")
+            if not value.strip():
+                raise ValueError("empty value (null restores the default)")
+        else:
+            value = self.parse_number(value)
+        if self.choices and value not in self.choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(self.choices)}")
+        if self.minimum is not None and value < self.minimum:
+            raise ValueError(f"{value!r} is below the minimum {self.minimum:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"{value!r} is above the maximum {self.maximum:g}")
+        return value
+
+    def parse_number(self, value: Any) -> int | float:
+        # bool is an int in Python, but `true` is not a number in JSON
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"expected a number, got {value!r}")
+        if not math.isfinite(value):  # JSON parsers accept NaN and Infinity
+            raise ValueError(f"expected a finite number, got {value!r}")
+        if self.kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"expected a whole number, got {value!r}")
+            return int(value)
+        return float(value)
+
+
+def value_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def declared(field: dataclasses.Field, hint: Any) -> Setting:
+    """The `Setting` for a field of `Settings`, given its resolved type hint (`str | None`)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = set(typing.get_args(hint)) if union else {hint}
+    kind = next(iter(kinds - {type(None)}))
+    if len(kinds - {type(None)}) != 1 or kind not in (bool, int, float, str):
+        raise TypeError(f"setting {field.name}: {hint} is not bool, int, float or str (or | None)")
+    return Setting(field.name, kind, type(None) in kinds, field.default, **field.metadata)
+
+
+HINTS = typing.get_type_hints(Settings)
+SETTINGS = {
+    field.name: declared(field, HINTS[field.name]) for field in dataclasses.fields(Settings)
+}
 
 
 def camel_case(name: str) -> str:
@@ -78,40 +249,18 @@ def merge(settings: Settings, options: Mapping[str, Any] | None) -> tuple[Settin
     warnings: list[str] = []
     for key, value in (options or {}).items():
         name = snake_case(key)
-        if name not in FIELDS:
+        if name not in SETTINGS:
             warnings.append(f"unknown setting {key!r} ignored")
             continue
         if value is None:  # a client clearing a setting: back to the default
-            changes[name] = FIELDS[name].default
+            changes[name] = SETTINGS[name].default
             continue
         try:
-            changes[name] = validate(name, value)
+            changes[name] = SETTINGS[name].parse(value)
         except (TypeError, ValueError) as error:
-            default = getattr(settings, name)
-            warnings.append(f"setting {key!r}: {error}; keeping {default!r}")
+            previous = getattr(settings, name)
+            warnings.append(f"setting {key!r}: {error}; keeping {previous!r}")
     return dataclasses.replace(settings, **changes), warnings
-
-
-def validate(name: str, value: Any) -> Any:
-    kind = {"int": int, "float": float, "bool": bool, "str": str, "str | None": str}[
-        str(FIELDS[name].type)
-    ]
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"expected true or false, got {value!r}")
-        return value
-    if isinstance(value, bool) or (kind is not str and isinstance(value, str)):
-        raise TypeError(f"expected a number, got {value!r}")
-    if kind is int and isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"expected a whole number, got {value!r}")
-    value = kind(value)
-    if name in CHOICES and value not in CHOICES[name]:
-        raise ValueError(f"{value!r} is not one of {', '.join(CHOICES[name])}")
-    if name in MINIMUM and value < MINIMUM[name]:
-        raise ValueError(f"{value!r} is below the minimum {MINIMUM[name]}")
-    if name == "model" and not value.strip():
-        raise ValueError("empty model name")
-    return value
 
 
 def from_client(payload: Any) -> Mapping[str, Any]:

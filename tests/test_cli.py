@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+from fim_lsp import cli
+from fim_lsp.engine.loading import DEMO_MODEL
+from fim_lsp.settings import SETTINGS, Settings
 from tests import tiny_model
 
 CARD = tiny_model.SHARED / "assets" / "fim-neox-1.3b" / "model_card_test_vectors.json"
@@ -78,6 +83,89 @@ def test_bad_locations_are_explained(card_file, where):
 def test_bad_option_values_are_refused(card_file):
     out = fim_lsp("complete", card_file[0], "--max-new-tokens", "0", check=False)
     assert out.returncode == 2 and "below the minimum" in out.stderr
+
+
+def other_value(setting):
+    """A valid value of `setting` that is not its default, as it is typed on the command line."""
+    if setting.choices:
+        return next(value for value in setting.choices if value != setting.default)
+    if setting.kind in (int, float):
+        return setting.maximum
+    return "elsewhere.log" if setting.nullable else "demo"
+
+
+@pytest.mark.parametrize("setting", SETTINGS.values(), ids=lambda setting: setting.flag)
+def test_every_setting_has_a_flag(setting):
+    if setting.kind is bool:
+        flag = [setting.flag if not setting.default else "--no-" + setting.flag[2:]]
+        expected = not setting.default
+    else:
+        expected = other_value(setting)
+        flag = [setting.flag, str(expected)]
+    settings, problems = cli.settings_from(cli.build_parser().parse_args(["doctor", *flag]))
+    assert problems == []
+    assert settings == Settings(**{setting.name: expected})
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (["--temperature", "nan"], "expected a finite number"),
+        (["--temperature", "inf"], "expected a finite number"),
+        (["--debounce-ms", "1000000000"], "above the maximum 2000"),
+        (["--draft-tokens", "-1"], "below the minimum 0"),
+        (["--model", " "], "empty value"),
+    ],
+)
+def test_flags_are_checked_like_client_settings(flag, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["doctor", *flag])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def broken_models(tmp_path_factory):
+    """Copies of the demo model: weights cut in half, a config.json that is not JSON."""
+    root = tmp_path_factory.mktemp("broken")
+    truncated = shutil.copytree(DEMO_MODEL, root / "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    bad_config = shutil.copytree(DEMO_MODEL, root / "bad-config")
+    (bad_config / "config.json").write_text("{not json")
+    data = root / "data"
+    data.mkdir()
+    problem = {
+        "task_id": "t/0", "prompt": "def f():\n", "suffix": "", "entry_point": "f",
+        "canonical_solution": "    return 1\n", "test": "def check(f):\n    assert f() == 1\n",
+    }  # fmt: skip
+    with gzip.open(data / "HumanEval-SingleLineInfilling.jsonl.gz", "wt") as file:
+        file.write(json.dumps(problem) + "\n")
+    code = root / "f.py"
+    code.write_text("def f(x):\n    return \n")
+    return {"truncated": truncated, "bad-config": bad_config, "data": data, "code": code}
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        ("truncated", "cannot load the model in {folder}: Error while deserializing header"),
+        ("bad-config", "{folder} has no readable config.json"),
+    ],
+)
+@pytest.mark.parametrize("command", ["complete", "doctor", "eval"])
+def test_broken_model_folders_get_the_servers_message(
+    broken_models, broken, message, command, capsys
+):
+    folder = broken_models[broken]
+    args = {
+        "complete": ["complete", f"{broken_models['code']}:2:12"],
+        "doctor": ["doctor"],
+        "eval": ["eval", "humaneval-infilling", "--data", str(broken_models["data"])],
+    }[command]
+    # In-process (an exception would fail the test) to load torch once for all six cases.
+    assert cli.main([*args, "--model", str(folder)]) == 1
+    out = capsys.readouterr()
+    assert message.format(folder=folder) in out.out + out.err
 
 
 def test_missing_model_is_explained_offline(card_file, tmp_path):

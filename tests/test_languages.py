@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from fim_lsp.languages import DEFAULT, closes_block, code_part, language_for, opens_block
+from fim_lsp.languages import (
+    DEFAULT,
+    LANGUAGE_IDS,
+    closes_block,
+    code_part,
+    language_for,
+    language_id_for,
+    opens_block,
+)
 
 REQUIRED = [
     "python",
@@ -33,6 +43,18 @@ def test_unknown_ids_get_the_default_and_case_is_ignored() -> None:
     assert language_for("cobol") is DEFAULT
     assert language_for("") is DEFAULT
     assert language_for("Python") is language_for("python")
+
+
+@pytest.mark.parametrize("extension", sorted(LANGUAGE_IDS))
+def test_every_file_extension_names_a_language_in_the_table(extension: str) -> None:
+    assert language_for(LANGUAGE_IDS[extension]) is not DEFAULT
+
+
+def test_language_ids_of_files() -> None:
+    assert language_id_for(Path("src/main.RS")) == "rust"
+    assert language_id_for(Path("app.tsx")) == "typescriptreact"
+    assert language_id_for(Path("notes.txt")) == ""
+    assert language_id_for(Path("Makefile")) == ""
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,8 @@ Set it before loading this file, or call `fim-lsp-register' again after."
 For example (:model \"/models/fim-neox-1.3b\" :device \"cuda\" :quantization \"int8\"
 :maxNewTokens 64 :multiline \"auto\" :contextLength 2048 :temperature 0).
 Sent as initializationOptions; `fim-lsp-update-settings' sends a change to
-running servers (model, device and quantization need a restart)."
+running servers (a new model, device or quantization reloads the model).
+The keys are the options in the Options table of fim-lsp's README.md."
   :type '(plist :key-type symbol :value-type sexp)
   :set (lambda (symbol value)
          (set-default symbol value)

@@ -6,16 +6,18 @@ import ctypes
 import ctypes.util
 import dataclasses
 import logging
+import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from fim_lsp.engine.choices import Precision, choose
 from fim_lsp.engine.generate import Engine
 from fim_lsp.engine.neox import NeoX, Shape
-from fim_lsp.engine.weights import load_neox
+from fim_lsp.engine.weights import load_neox, tensor_names
 from fim_lsp.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -118,15 +120,34 @@ def load_engine(
     return Engine(neox, precision, min(vocab_size, neox.shape.vocab))
 
 
-def read_shape(folder: Path, trained_context: int | None = None) -> Shape:
-    """The model's dimensions from its config.json (read with transformers' GPTNeoXConfig)."""
-    from transformers import GPTNeoXConfig
+# What reading a missing, truncated or corrupt weights file raises.
+UNREADABLE = (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError)
+
+
+def read_config(folder: Path):
+    """The folder's transformers config (no remote code); EngineError when it is unreadable."""
+    from transformers import AutoConfig
 
     try:
-        config = GPTNeoXConfig.from_pretrained(folder)
+        return AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except Exception as error:
         raise EngineError(f"{folder} has no readable config.json ({error})") from error
-    shape = Shape.from_config(config)
+
+
+def check_folder(folder: Path) -> None:
+    """Read the config and each weights file's index as loading does, without the weights;
+    EngineError with loading's message for what is broken."""
+    read_shape(folder)
+    try:
+        for file in [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]:
+            tensor_names(file)
+    except UNREADABLE as error:
+        raise EngineError(f"cannot load the model in {folder}: {error}") from error
+
+
+def read_shape(folder: Path, trained_context: int | None = None) -> Shape:
+    """The model's dimensions from its config.json."""
+    shape = Shape.from_config(read_config(folder))
     if trained_context:  # rotary embeddings have no table to overflow
         shape = dataclasses.replace(shape, positions=trained_context)
     return shape
@@ -141,7 +162,7 @@ def load_weights(folder: Path, precision: Precision, trained_context: int | None
         raise EngineError(
             f"out of memory loading {folder} on {precision.device}: {error}"
         ) from error
-    except (OSError, ValueError, RuntimeError) as error:
+    except UNREADABLE as error:
         raise EngineError(f"cannot load the model in {folder}: {error}") from error
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from lsprotocol import types
@@ -244,6 +246,27 @@ async def test_settings_change_live_and_bad_values_are_reported(tiny_model_dir, 
         assert len(tokens) < 40, "two tokens at most"
         changes = [m.message for m in client.log_messages if "didChangeConfiguration" in m.message]
         assert changes == ["workspace/didChangeConfiguration: maxNewTokens=2"]
+    finally:
+        await client.shutdown_session()
+
+
+async def test_non_finite_out_of_range_and_mistyped_settings_are_refused(tiny_model_dir):
+    bad = {"temperature": math.nan, "maxNewTokens": math.inf, "debounceMs": 10**9, "logFile": 5}
+    assert not (Path.cwd() / "5").exists()
+    client, _ = await start(tiny_model_dir, ["utf-16"])
+    try:
+        await wait_ready(client)
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"fimLsp": bad})
+        )
+        open_document(client, URI, TEXT)
+        # A debounce of 10^9 ms would leave this unanswered; a NaN temperature would fail it.
+        answer = await asyncio.wait_for(inline(client, URI, LINE, CURSOR_CHARS), 60)
+        assert answer.items and answer.items[0].insert_text
+        warnings = [m.message for m in client.messages]
+        for key in bad:
+            assert any(f"setting {key!r}" in message for message in warnings), key
+        assert not (Path.cwd() / "5").exists()
     finally:
         await client.shutdown_session()
 

@@ -14,7 +14,7 @@ from editor_support import ROOT, utf8_column
 from lsprotocol import converters, types
 from pygls.lsp.client import LanguageClient
 
-from fim_lsp.settings import FIELDS, camel_case
+from fim_lsp.settings import SETTINGS
 
 LANGUAGES_TOML = ROOT / "editors" / "helix" / "languages.toml"
 
@@ -90,7 +90,7 @@ def test_server_entry_uses_documented_keys() -> None:
     assert server["args"] == ["serve"]
     assert isinstance(server["timeout"], int) and server["timeout"] >= 20
     # `config` becomes initializationOptions: only the server's own settings, camelCase.
-    known = {camel_case(name) for name in FIELDS}
+    known = {setting.key for setting in SETTINGS.values()}
     assert set(server.get("config", {})) <= known
 
 

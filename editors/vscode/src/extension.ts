@@ -22,6 +22,7 @@ import {
   type WorkDoneProgressReport,
 } from "vscode-languageclient/node";
 
+import { SERVER_SETTINGS } from "./serverSettings";
 import { ServerStatus } from "./status";
 
 const SECTION = "fimLsp";
@@ -38,17 +39,6 @@ const STATUS_REQUEST = new RequestType<Record<string, never>, ServerState, void>
  * change.
  */
 const STARTUP_SETTINGS = ["serverCommand", "serverArgs", "logFile", "enabledLanguages"];
-/** Settings forwarded to the server, as initializationOptions and workspace/didChangeConfiguration. */
-const SERVER_SETTINGS = [
-  "model",
-  "device",
-  "quantization",
-  "contextLength",
-  "maxNewTokens",
-  "temperature",
-  "multiline",
-  "logFile",
-];
 
 let client: LanguageClient | undefined;
 let status: ServerStatus;
