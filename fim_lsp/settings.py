@@ -108,7 +108,7 @@ class Settings:
     # cursor the user has left (10^9 left requests hanging).
     debounce_ms: int = setting(
         30,
-        "Wait this long after a request; a newer one for the same document replaces it.",
+        "Wait this long after a request; a newer request (for any document) replaces it.",
         minimum=0,
         maximum=2000,
     )
