@@ -17,6 +17,7 @@ class GenerationOptions:
     temperature: float = 0.0  # 0 = greedy
     draft_tokens: int = 8  # prompt-lookup drafts of at most this many tokens (greedy only); 0 = off
     cache_reuse: bool = True  # keep the KV cache of earlier prompts (off: to measure its effect)
+    cache_memory_mb: int = 1024  # for the KV caches of recent prompts (local engine)
     seed: int | None = None  # for sampling at temperature > 0
 
 

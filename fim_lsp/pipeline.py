@@ -107,6 +107,7 @@ class Completer:
             temperature=settings.temperature,
             draft_tokens=settings.draft_tokens,
             cache_reuse=settings.cache_reuse,
+            cache_memory_mb=settings.cache_memory_mb,
         )
         generation = self.backend.generate(
             prompt.ids, options, finisher.should_stop, cancel or threading.Event()

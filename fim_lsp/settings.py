@@ -123,6 +123,15 @@ class Settings:
     cache_reuse: bool = setting(
         True, "Keep the KV cache between requests (off only to measure its effect)."
     )
+    # FIM-NeoX-1.3B's keys and values take about 200 KB per token in fp16: 1 GB holds five
+    # prompts of 1,000 tokens. 0 keeps only the prompt in use; 64 GB is past any machine here.
+    cache_memory_mb: int = setting(
+        1024,
+        "Memory for the KV caches of recent prompts, so that going back to a file or a spot "
+        "is warm (about 200 KB per token); the prompt in use always stays.",
+        minimum=0,
+        maximum=65_536,
+    )
     log_file: str | None = setting(None, "Log to this file instead of stderr.")
 
     def reloads_model(self, other: Settings) -> bool:

@@ -40,9 +40,12 @@ def generate(
     seed=None,
     draft_tokens=8,
     cache_reuse=True,
+    cache_memory_mb=1024,
     **kwargs,
 ):
-    options = GenerationOptions(count, end_id, temperature, draft_tokens, cache_reuse, seed)
+    options = GenerationOptions(
+        count, end_id, temperature, draft_tokens, cache_reuse, cache_memory_mb, seed
+    )
     return engine.generate(prompt, options, **kwargs)
 
 
@@ -74,6 +77,7 @@ def test_reused_cache_gives_the_same_tokens_as_a_cold_run(engine, tiny_model_dir
         assert warm.cached_tokens > 0
         assert cold.cache.ids == prompt + generate(cold, prompt, 8, cache_reuse=False).ids[:-1]
     typed = [*PROMPT[:-1], 13, 340, 50279]
+    engine.store.clear()
     generate(engine, PROMPT, 8, end_id=-1)
     assert generate(engine, typed, 1, end_id=-1).cached_tokens == len(PROMPT) - 1
 
@@ -317,3 +321,16 @@ def test_loading_maps_large_blocks_then_lets_the_heap_reuse_them(monkeypatch):
     with loading.freed_memory_returned():
         pass
     assert len(calls) == 2
+
+
+def test_switching_between_two_prompts_keeps_both_warm(engine):
+    """A file switch changes an SPM prompt from its first tokens: each prompt keeps its cache."""
+    other = [50277, 600, 601, 602, 603, 604, 605, 50278, 606, 607, 50279]
+    engine.store.clear()
+    cold = [generate(engine, prompt, 4) for prompt in (PROMPT, other)]
+    warm = [generate(engine, prompt, 4) for prompt in (PROMPT, other)]
+    assert [g.cached_tokens for g in cold] == [0, 1]  # only <|SUF|> in common
+    assert [g.cached_tokens for g in warm] == [len(PROMPT) - 1, len(other) - 1]
+    assert [g.ids for g in warm] == [g.ids for g in cold]
+    generate(engine, PROMPT, 4, cache_memory_mb=0)  # no room: only the prompt in use stays
+    assert len(engine.store.caches) == 1

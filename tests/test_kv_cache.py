@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fim_lsp.engine.kv_cache import MIN_CAPACITY, KVCache
+from fim_lsp.engine.kv_cache import MIN_CAPACITY, KVCache, PromptStore
 
 
 def states(tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,3 +67,56 @@ def test_keep_drops_what_differs_and_leaves_one_token_to_run():
     assert cache.ids == [1, 2]
     assert cache.keep([1, 2]) == 1  # the whole prompt is cached: rerun its last token
     assert cache.ids == [1] and cache.nbytes == 2 * cache.keys[0].nbytes
+
+
+def store_with(prompt: list[int], budget: int = 1 << 30) -> tuple[PromptStore, KVCache]:
+    store = PromptStore(lambda: KVCache(2, 2, 4, torch.float32, torch.device("cpu")))
+    cache, cached = store.take(prompt, budget)
+    assert cached == 0
+    add_ids(cache, prompt)
+    return store, cache
+
+
+def add_ids(cache: KVCache, ids: list[int]) -> None:
+    """As a forward pass leaves it: keys and values for `ids` (a value per token), then the ids."""
+    cache.reserve(len(ids))
+    start = cache.length
+    values = torch.arange(start, start + len(ids), dtype=torch.float32)
+    rows = values[None, :, None].expand(2, len(ids), 4)
+    for layer in range(len(cache.keys)):
+        cache.write(layer, rows, rows)
+    cache.ids.extend(ids)
+
+
+def test_typing_at_the_cursor_goes_on_in_the_same_cache():
+    prompt = list(range(500))
+    store, cache = store_with(prompt)
+    add_ids(cache, [900, 901, 902])  # the suggestion's tokens
+    typed = [*prompt[:-1], 7, 8, prompt[-1]]  # two tokens typed before <MID>
+    again, cached = store.take(typed, 1 << 30)
+    assert again is cache and cached == len(prompt) - 1 and cache.ids == prompt[:-1]
+    assert len(store.caches) == 1
+
+
+def test_a_move_gets_a_cache_of_its_own_and_going_back_is_warm():
+    here = list(range(500))
+    store, cache = store_with(here)
+    there = [0, 1, *range(1000, 1400)]  # the suffix changed after its first tokens
+    moved, cached = store.take(there, 1 << 30)
+    assert moved is not cache and cached == 2 and moved.ids == [0, 1]
+    assert torch.equal(moved.keys[0][:, :2], cache.keys[0][:, :2])  # the shared part copied
+    add_ids(moved, there[2:])
+    back, cached = store.take(here, 1 << 30)
+    assert back is cache and cached == len(here) - 1  # nothing to prefill again
+    assert store.caches == [cache, moved]  # most recently used first
+
+
+def test_the_least_recently_used_caches_go_past_the_budget():
+    store, first = store_with(list(range(300)))
+    one = first.nbytes
+    second, _ = store.take(list(range(1000, 1300)), 1 << 30)
+    add_ids(second, list(range(1000, 1300)))
+    third, _ = store.take(list(range(2000, 2300)), 2 * one + 1)
+    assert store.caches == [third, second]
+    store.take(list(range(3000, 3300)), 0)
+    assert len(store.caches) == 1  # the prompt in use always stays

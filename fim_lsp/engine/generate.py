@@ -15,7 +15,7 @@ import torch
 from fim_lsp.backend import Generation, GenerationOptions
 from fim_lsp.engine.choices import Precision
 from fim_lsp.engine.cpu_step import STEP_MAX_TOKENS, CpuStep
-from fim_lsp.engine.kv_cache import KVCache
+from fim_lsp.engine.kv_cache import KVCache, PromptStore
 from fim_lsp.engine.neox import NeoX
 from fim_lsp.errors import EngineError
 
@@ -34,10 +34,8 @@ class Engine:
         self.device = torch.device(precision.device)
         self.vocab_size = vocab_size  # logits past it are never sampled
         self.context_length = model.shape.positions  # tokens it was trained on
-        shape = model.shape
-        self.cache = KVCache(
-            shape.layers, shape.heads, shape.head_dim, precision.cache_dtype, self.device
-        )
+        self.store = PromptStore(self.new_cache)  # the caches of recent prompts
+        self.cache = self.new_cache()  # the one in use
         # A few new tokens after cached ones (decode steps, drafts, keystrokes) skip torch's
         # modules where the C kernels run the whole layer.
         self.step_problem = CpuStep.problem(model, precision)
@@ -46,6 +44,12 @@ class Engine:
         # "heuristic" schedule), so that drafts the model keeps rejecting stay short and cheap.
         self.draft_length = 8
         self.drafted = self.accepted = 0  # running totals
+
+    def new_cache(self) -> KVCache:
+        shape = self.model.shape
+        return KVCache(
+            shape.layers, shape.heads, shape.head_dim, self.precision.cache_dtype, self.device
+        )
 
     @property
     def steps(self) -> str:
@@ -82,11 +86,11 @@ class Engine:
         seed = options.seed
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         if not options.cache_reuse:
-            self.cache.clear()
+            self.store.clear()
         generated: list[int] = []
         drafted, accepted = self.drafted, self.accepted
         try:
-            cached = self.cache.keep(prompt)
+            self.cache, cached = self.store.take(prompt, options.cache_memory_mb << 20)
             logits = self.prefill(prompt[cached:], cancel)
             # Sampling waits for a GPU's queued work: prefill's time ends with its first token.
             first = None if logits is None else sample(logits[-1], options.temperature, generator)

@@ -5,18 +5,29 @@ the cursor, so a new prompt usually shares all but a few tokens with the last on
 dropped and only the new tokens are run.
 
 Each layer's keys and values sit in one buffer [heads, capacity, head_dim] with room to spare,
-doubled when full: a new token is written in place (a cache grown by concatenation copies
-itself on every step), and each head's tokens are contiguous rows, as the C kernels read them.
-On a CPU the buffers are on huge pages (memory.py): a decode step streams all of them.
+grown by a quarter when full: a new token is written in place (a cache grown by concatenation
+copies itself on every step), and each head's tokens are contiguous rows, as the C kernels read
+them. On a CPU the buffers are on huge pages (memory.py): a decode step streams all of them.
+
+A user also moves: to another line, another file, back again. A move changes an SPM prompt from
+its first tokens (the suffix comes first), so the store keeps the caches of several recent
+prompts, least recently used first out, within a memory budget: going back to a spot is warm.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
 from fim_lsp.engine import memory
 
-MIN_CAPACITY = 256  # tokens: the first allocation
+MIN_CAPACITY = 256  # tokens: the first allocation, and the least room added when one grows
+# A new prompt continues a cached one when it shares all but this part of the cached prompt
+# (what was generated after it does not count): typing, backspace, an edit near the cursor.
+# Otherwise the cached prompt is a place of its own, kept for a return, and the new one gets a
+# cache of its own, starting from a copy of what they share.
+CONTINUE_SHARE = 7 / 8
 
 
 class KVCache:
@@ -24,6 +35,7 @@ class KVCache:
         self, layers: int, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
     ):
         self.ids: list[int] = []  # the tokens whose keys and values are held, in order
+        self.prompt_length = 0  # of the last prompt run in it (the tokens after were generated)
         self.shape = (heads, 0, head_dim)
         self.dtype, self.device = dtype, device
         self.keys = [torch.empty(self.shape, dtype=dtype, device=device) for _ in range(layers)]
@@ -46,7 +58,7 @@ class KVCache:
         """Room for `count` tokens after the ones held (the buffers may move)."""
         end = self.length + count
         if end > self.capacity:
-            capacity = max(2 * end, MIN_CAPACITY)
+            capacity = end + max(MIN_CAPACITY, end // 4)
             self.keys = [self.grown(buffer, capacity) for buffer in self.keys]
             self.values = [self.grown(buffer, capacity) for buffer in self.values]
 
@@ -70,15 +82,28 @@ class KVCache:
         self.values[layer][:, start:end] = values
         return self.keys[layer][:, :end], self.values[layer][:, :end]
 
-    def keep(self, prompt: list[int]) -> int:
-        """Drop what `prompt` does not share from its start, keeping at least one token of the
-        prompt to run; returns how many tokens are kept."""
+    def shared(self, prompt: list[int]) -> int:
+        """How many of `prompt`'s first tokens this cache holds, leaving at least one to run."""
         limit = min(self.length, len(prompt) - 1)
         common = 0
         while common < limit and self.ids[common] == prompt[common]:
             common += 1
+        return common
+
+    def keep(self, prompt: list[int]) -> int:
+        """Drop what `prompt` does not share from its start, keeping at least one token of the
+        prompt to run; returns how many tokens are kept."""
+        common = self.shared(prompt)
         self.drop(self.length - common)
         return common
+
+    def copy_from(self, other: KVCache, count: int) -> None:
+        """Hold the first `count` tokens of `other` (this cache being empty)."""
+        self.reserve(count)
+        for mine, theirs in ((self.keys, other.keys), (self.values, other.values)):
+            for layer, buffer in enumerate(theirs):
+                mine[layer][:, :count] = buffer[:, :count]
+        self.ids = other.ids[:count]
 
     def drop(self, count: int) -> None:
         """Forget the last `count` tokens (their rows are written over later)."""
@@ -87,3 +112,45 @@ class KVCache:
 
     def clear(self) -> None:
         self.ids.clear()
+
+
+class PromptStore:
+    """The KV caches of recent prompts, most recently used first, within a memory budget."""
+
+    def __init__(self, new_cache: Callable[[], KVCache]):
+        self.new_cache = new_cache
+        self.caches: list[KVCache] = []
+
+    def cached(self, prompt: list[int]) -> int:
+        """How many of `prompt`'s first tokens some cache holds."""
+        return max((cache.shared(prompt) for cache in self.caches), default=0)
+
+    def take(self, prompt: list[int], budget_bytes: int) -> tuple[KVCache, int]:
+        """The cache to run `prompt` in, holding its first tokens as far as any cache has them,
+        and how many that is. Caches past the budget go, least recently used first."""
+        common, best = max(
+            ((cache.shared(prompt), cache) for cache in self.caches),
+            key=lambda found: found[0],
+            default=(0, None),
+        )
+        if best is not None and common >= CONTINUE_SHARE * best.prompt_length:
+            best.drop(best.length - common)  # the prompt goes on from here
+            self.caches.remove(best)
+            cache = best
+        else:
+            cache = self.new_cache()
+            if best is not None and common:
+                cache.copy_from(best, common)
+        cache.prompt_length = len(prompt)
+        cache.reserve(len(prompt) - cache.length)  # its size now, for the budget
+        self.caches.insert(0, cache)
+        self.evict(budget_bytes)
+        return cache, common
+
+    def evict(self, budget_bytes: int) -> None:
+        """Drop the least recently used caches until the rest fit (the newest always stays)."""
+        while len(self.caches) > 1 and sum(cache.nbytes for cache in self.caches) > budget_bytes:
+            self.caches.pop()
+
+    def clear(self) -> None:
+        self.caches.clear()

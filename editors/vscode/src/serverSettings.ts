@@ -13,5 +13,6 @@ export const SERVER_SETTINGS = [
   "debounceMs",
   "draftTokens",
   "cacheReuse",
+  "cacheMemoryMb",
   "logFile",
 ];
