@@ -51,7 +51,7 @@ LIMITS = Limits(
     tmp_bytes=256 << 20,
 )
 WORKER_MARGIN_S = 1.0  # past a program's time limit, how long its worker may take to answer
-WORKER_START_S = 30.0  # for the sandbox and the worker to start, before its first answer
+WORKER_START_S = 30.0  # for the sandbox and the worker to start
 SANDBOX_HELP = (
     "The generated programs are untrusted: a worker runs them one after another in a sandbox "
     "(bubblewrap where installed, else unshare) with new user, mount, PID, network, IPC and UTS "
@@ -65,11 +65,12 @@ SANDBOX_HELP = (
     "the programs run with your full rights."
 )
 
-# The worker, run in the sandbox: it executes programs (JSON lines on stdin) one after another,
-# each in a fresh namespace, and answers one line per program on its stdout: "" when it passed,
-# else the exception's name, "exit status N" or "timeout". Its own stdin and stdout are moved
-# away from the programs' (both /dev/null). Each program gets its time limit as a timer and that
-# + 1 s of CPU as the soft limit (SIGXCPU ends the worker, and it is replaced). The guard is
+# The worker, run in the sandbox: it says "ready", then executes programs (JSON lines on stdin)
+# one after another, each in a fresh namespace, and answers a line per program on its stdout:
+# [error, its own CPU seconds so far], error "" when the program passed, else the exception's
+# name, "exit status N" or "timeout". Its stdin and stdout are moved away from the programs'
+# (both /dev/null). Each program gets its time limit as a timer and that + 1 s of CPU as the
+# soft limit (SIGXCPU ends the worker, and it is replaced). The guard is
 # human-eval's reliability_guard: it stops accidents, not a program that means harm; the
 # sandbox does. Isolated (argument "isolated"), after each program the worker kills every other
 # process it can: in its own PID namespace, whatever the program left running.
@@ -113,6 +114,8 @@ for name in ("system", "kill", "killpg", "fork", "forkpty", "execv", "execve", "
              "remove", "unlink", "rmdir", "removedirs", "rename", "replace", "chmod", "chdir"):
     setattr(os, name, refused)
 shutil.rmtree = shutil.move = subprocess.Popen = subprocess.run = refused
+answers.write("ready\n")
+answers.flush()
 for line in jobs:
     job = json.loads(line)
     error = outcome(job["source"], job["timeout"])
@@ -126,7 +129,7 @@ for line in jobs:
             pass
     except ChildProcessError:
         pass
-    answers.write(json.dumps(error) + "\n")
+    answers.write(json.dumps([error, sum(resource.getrusage(resource.RUSAGE_SELF)[:2])]) + "\n")
     answers.flush()
 """
 
@@ -200,6 +203,10 @@ def run_program(
     return next(run_programs([source], timeout, isolation))
 
 
+class WorkerError(RuntimeError):
+    """The sandboxed worker did not start."""
+
+
 class Worker:
     """A sandboxed Python process that runs programs one after another (see WORKER)."""
 
@@ -214,7 +221,16 @@ class Worker:
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        self.margin = WORKER_START_S  # the first answer waits for the start too
+        self.cpu_seconds = 0.0  # its own, which the programs it ran spent
+        stdout = self.sandbox.process.stdout
+        assert stdout
+        ready, _, _ = select.select([stdout], [], [], WORKER_START_S)
+        if not (ready and stdout.readline() == "ready\n"):
+            self.close()
+            raise WorkerError(
+                f"the program runner did not start in its sandbox ({isolation.value}) "
+                f"within {WORKER_START_S:.0f} s"
+            )
 
     def run(self, source: str, timeout: float) -> Outcome | None:
         """The program's outcome, or None when the worker did not answer in time (or died)."""
@@ -225,12 +241,11 @@ class Worker:
             process.stdin.flush()
         except BrokenPipeError:
             return None
-        ready, _, _ = select.select([process.stdout], [], [], timeout + self.margin)
+        ready, _, _ = select.select([process.stdout], [], [], timeout + WORKER_MARGIN_S)
         answer = process.stdout.readline() if ready else ""
         if not answer:
             return None
-        self.margin = WORKER_MARGIN_S
-        error = json.loads(answer)
+        error, self.cpu_seconds = json.loads(answer)
         return Outcome(not error, error)
 
     def close(self) -> None:
@@ -244,17 +259,19 @@ def run_programs(
     in a sandbox (see SANDBOX_HELP); a worker that dies or stops answering is replaced.
     `isolation`: by default the best this machine has (sandbox.Unavailable when none works)."""
     isolation = sandbox.detect() if isolation is None else isolation
-    worker = Worker(isolation)
+    worker: Worker | None = None
     try:
         for source in sources:
+            worker = worker or Worker(isolation)
             outcome = worker.run(source, timeout)
-            if outcome is None:
+            if outcome is None or worker.cpu_seconds > LIMITS.cpu_seconds / 2:
+                # Dead, stuck, or half its CPU time spent: the next program gets a new one.
                 worker.close()
-                worker = Worker(isolation)
-                outcome = Outcome(False, "timeout")
-            yield outcome
+                worker = None
+            yield Outcome(False, "timeout") if outcome is None else outcome
     finally:
-        worker.close()
+        if worker:
+            worker.close()
 
 
 # ---- scoring ----------------------------------------------------------------------------------

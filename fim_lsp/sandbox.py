@@ -56,6 +56,20 @@ shift
 mount -o remount,bind,ro "$root"
 exec unshare --root="$root" --wd=/tmp "$@"
 """
+# The unshare backend's PID 1, as bubblewrap has its own: the kernel drops the signals PID 1 has
+# no handler for (an rlimit's SIGXCPU among them) and gives it every orphan, so it runs the
+# command as PID 2 and reaps until that ends, then exits as it did.
+INIT = """
+import os, sys
+command = os.fork()
+if command == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+while True:
+    pid, status = os.wait()
+    if pid == command:
+        code = os.waitstatus_to_exitcode(status)
+        os._exit(code if code >= 0 else 128 - code)
+"""
 
 
 class Isolation(enum.Enum):
@@ -158,6 +172,7 @@ def wrap(
         *([] if root else ["--user", "--map-root-user"]),
         *("--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child"),
         *("sh", "-c", UNSHARE_SETUP, "sh", folder, str(limits.tmp_bytes), *plan, "--"),
+        *(sys.executable, "-I", "-S", "-c", INIT),
         *drop_privileges(root, isolation),
         *rlimits(limits, limits.processes),
         *command,
