@@ -196,22 +196,21 @@ def test_cpu_limit_ends_a_program_that_ignores_its_timer(
     program = (
         "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass\n"
     )
-    # Only its CPU time (1 s + 1 s) ends it before the worker's runner gives up on it (20 s).
-    monkeypatch.setattr(evaluate, "WORKER_MARGIN_S", 20.0)
+    # Only its CPU time (1 s + 1 s) ends it before the runner gives up on the worker (100 s);
+    # on a busy machine 2 s of CPU take longer than 2 s.
+    monkeypatch.setattr(evaluate, "WORKER_MARGIN_S", 100.0)
     started = time.monotonic()
     assert run_program(program, 1.0, limited) == Outcome(False, "timeout")
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 50
 
 
 def test_cpu_limit_kills_what_ignores_sigxcpu(limited: Isolation) -> None:
     program = (
         "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass\n"
     )
-    limits = dataclasses.replace(LIMITS, cpu_seconds=1)
-    started = time.monotonic()
+    limits = dataclasses.replace(LIMITS, cpu_seconds=1)  # the hard limit too: SIGKILL
     with Sandbox([sys.executable, "-I", "-c", program], limits, limited) as running:
-        assert running.process.wait(20) != 0
-    assert time.monotonic() - started < 10
+        assert running.process.wait(50) != 0
 
 
 FORK_BOMB = """
@@ -265,16 +264,20 @@ def test_extra_folders_are_read_only(isolation: Isolation, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("isolation", SANDBOXES, ids=lambda isolation: isolation.value)
 def test_who_runs_inside(isolation: Isolation) -> None:
-    """Root's programs run as nobody (65534); a user's as that user, without capabilities."""
+    """Root's programs run as nobody (65534, no user namespace); a user's as that user, which
+    unshare's namespace calls root; without capabilities either way."""
     program = (
-        "import os, sys\nstatus = open('/proc/self/status').read()\n"
-        "sys.stdout.write(str(os.getuid()) + ' ' + status.split('CapEff:')[1].split()[0])"
+        "import os\nprint(os.getuid())\n"
+        "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
     )
     command = [sys.executable, "-I", "-c", program]
     with Sandbox(command, LIMITS, usable(isolation), stdout=subprocess.PIPE, text=True) as running:
         uid, capabilities = running.process.communicate(timeout=30)[0].split()
     assert int(capabilities, 16) == 0
-    assert uid == (sandbox.NOBODY if os.geteuid() == 0 else str(os.getuid()))
+    if os.geteuid() == 0:
+        assert uid == sandbox.NOBODY
+    else:
+        assert uid == ("0" if isolation is Isolation.UNSHARE else str(os.getuid()))
 
 
 def test_unisolated_runs_under_the_limits_only() -> None:
