@@ -54,15 +54,17 @@ WORKER_MARGIN_S = 1.0  # past a program's time limit, how long its worker may ta
 WORKER_START_S = 30.0  # for the sandbox and the worker to start
 SANDBOX_HELP = (
     "The generated programs are untrusted: a worker runs them one after another in a sandbox "
-    "(bubblewrap where installed, else unshare) with new user, mount, PID, network, IPC and UTS "
-    "namespaces: /usr and the Python install read-only and nothing else of the file system, a "
-    f"private {LIMITS.tmp_bytes >> 20} MiB tmpfs as /tmp and working folder, no network "
-    "(loopback at most), only its own processes to see or signal (each program's leftovers are "
-    "killed), as nobody when started by root. Each program gets its time limit and that + 1 s "
-    f"of CPU; every process is held to {LIMITS.memory_bytes >> 30} GiB of address space, files "
-    f"of {LIMITS.file_bytes >> 20} MiB and {LIMITS.processes} processes. Where no sandbox "
-    "works, eval refuses to run unless --unsafe-no-sandbox: then only those limits apply, and "
-    "the programs run with your full rights."
+    "(bubblewrap where installed, else unshare) with new mount, PID, network, IPC and UTS "
+    "namespaces and a new user namespace, or as nobody when started by root. It sees /usr and "
+    "the Python install read-only, its own /proc and a minimal /dev, and nothing else of the "
+    f"file system; a private {LIMITS.tmp_bytes >> 20} MiB tmpfs is its /tmp and working folder; "
+    "it has no network (loopback at most) and sees and signals only its own processes (what a "
+    "program leaves running is killed after it). Each program has its time limit (the worker is "
+    "killed 1 s past it) and that + 1 s of CPU time; every process is held to "
+    f"{LIMITS.cpu_seconds // 60} minutes of CPU time, {LIMITS.memory_bytes >> 30} GiB of address "
+    f"space, files of {LIMITS.file_bytes >> 20} MiB and {LIMITS.processes} processes. Where no "
+    "sandbox works, eval refuses to run unless --unsafe-no-sandbox: then only those limits "
+    "apply (the process limit not to root), and the programs run with your full rights."
 )
 
 # The worker, run in the sandbox: it says "ready", then executes programs (JSON lines on stdin)
@@ -125,7 +127,7 @@ for line in jobs:
         except OSError:
             pass
     try:
-        while waitpid(-1, os.WNOHANG)[0]:  # orphans come to us as the namespace's init
+        while waitpid(-1, os.WNOHANG)[0]:  # what the program forked and left
             pass
     except ChildProcessError:
         pass

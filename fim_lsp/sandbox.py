@@ -1,12 +1,12 @@
 """Run a command isolated from the machine (bubblewrap, else unshare), always under rlimits.
 
 Isolated, a command gets new user (for ordinary users), mount, PID, network, IPC and UTS
-namespaces: it sees /usr, the top-level library links and the Python install read-only and
-nothing else of the file system; a private tmpfs is its /tmp and working folder; its network has
-no device but loopback; it sees and can signal only its own processes. Started by root, it runs
-as nobody, since a user namespace that maps root leaves the kernel's uid 0, which no process
-limit binds. Every process in it is held to rlimits on CPU time, address space, processes and
-file size.
+namespaces: it sees /usr, the top-level links into it and the Python install read-only, its own
+/proc and a minimal /dev, and nothing else of the file system; a private tmpfs is its /tmp and
+working folder; its network has no device but loopback (up with bubblewrap, down with unshare);
+it sees and can signal only its own processes. Started by root, it runs as nobody, since a user
+namespace that maps root leaves the kernel's uid 0, which no process limit binds. Every process
+in it is held to rlimits on CPU time, address space, processes and file size.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ done
 while [ "$1" != -- ]; do
     case $1 in
         --link) ln -s "$3" "$root$2"; shift 3 ;;
-        --ro) mkdir -p "$root$2"; mount --bind "$2" "$root$2"
+        --ro) mkdir -p "$root$2"; mount --bind "$2" "$root$2"  # not what is mounted below
               mount -o remount,bind,ro "$root$2"; shift 2 ;;
     esac
 done
@@ -251,7 +251,9 @@ def tool(name: str) -> str:
 
 def problem_with(isolation: Isolation) -> str | None:
     """Why `isolation` does not work here, or None when a Python starts inside it."""
-    limits = Limits(10, 1 << 30, 16, 1 << 20, 1 << 20)
+    limits = Limits(
+        cpu_seconds=10, memory_bytes=1 << 30, processes=16, file_bytes=1 << 20, tmp_bytes=1 << 20
+    )
     try:
         with Sandbox(
             [sys.executable, "-I", "-c", "pass"],
@@ -282,6 +284,7 @@ def detect() -> Isolation:
     raise Unavailable(
         f"no sandbox for the programs on this machine ({'; '.join(problems)}). "
         "Install bubblewrap (Debian, Ubuntu: apt install bubblewrap; Fedora: dnf install "
-        "bubblewrap) and allow unprivileged user namespaces (sysctl "
-        "kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0)"
+        "bubblewrap) and allow unprivileged user namespaces (sysctl user.max_user_namespaces "
+        "above 0; Debian: kernel.unprivileged_userns_clone=1; Ubuntu 24.04: "
+        "kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for bwrap)"
     )

@@ -213,6 +213,17 @@ def test_cpu_limit_kills_what_ignores_sigxcpu(limited: Isolation) -> None:
         assert running.process.wait(50) != 0
 
 
+def test_a_worker_is_replaced_before_its_cpu_time_runs_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(evaluate, "LIMITS", dataclasses.replace(LIMITS, cpu_seconds=2))
+    burn = (
+        "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end:\n    pass\n"
+    )
+    # One worker would spend more than its 2 s on these.
+    assert list(run_programs([burn] * 4, 10.0, usable(sandbox.detect()))) == [Outcome(True)] * 4
+
+
 FORK_BOMB = """
 import posix, time
 forks = 0
@@ -354,5 +365,11 @@ def test_help_states_the_isolation(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["eval", "postprocess-check", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for claim in ("user, mount, PID, network, IPC and UTS namespaces", "--unsafe-no-sandbox"):
+    claims = (
+        "new mount, PID, network, IPC and UTS namespaces and a new user namespace",
+        "as nobody when started by root",
+        f"{LIMITS.memory_bytes >> 30} GiB of address space",
+        "eval refuses to run unless",
+    )
+    for claim in claims:
         assert claim in text
