@@ -7,27 +7,23 @@ typically run on with, executed with post-processing on and off.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gzip
 import json
 import math
-import os
 import select
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fim_lsp import postprocess
+from fim_lsp import postprocess, sandbox
 from fim_lsp.documents import Cursor
 from fim_lsp.gate import Mode
+from fim_lsp.sandbox import Isolation, Limits, Sandbox
 
 if TYPE_CHECKING:
     from fim_lsp.pipeline import Completer
@@ -42,52 +38,102 @@ SUBSETS = {
 TIMEOUT_S = 10.0  # per program
 # The canonical programs all run in under 0.25 s here; a variant past this is stuck in a loop.
 CHECK_TIMEOUT_S = 2.0
-MEMORY_BYTES = 4 << 30  # address space a program may use
 KS = (1, 10)
 RATES = ("pass@1", "pass@10", "exact_match")
 COLUMNS = ("benchmark", "model", "problems", "samples", "temperature", *RATES, "seconds")
+# What a worker and the programs it runs may use; each program also gets its time limit + 1 s
+# of CPU. The worker's own CPU time covers a whole batch: about a millisecond a program.
+LIMITS = Limits(
+    cpu_seconds=3600,
+    memory_bytes=4 << 30,
+    processes=32,
+    file_bytes=64 << 20,
+    tmp_bytes=256 << 20,
+)
+WORKER_MARGIN_S = 1.0  # past a program's time limit, how long its worker may take to answer
+WORKER_START_S = 30.0  # for the sandbox and the worker to start
+SANDBOX_HELP = (
+    "The generated programs are untrusted: a worker runs them one after another in a sandbox "
+    "(bubblewrap where installed, else unshare) with new mount, PID, network, IPC and UTS "
+    "namespaces and a new user namespace, or as nobody when started by root. It sees /usr and "
+    "the Python install read-only, its own /proc and a minimal /dev, and nothing else of the "
+    f"file system; a private {LIMITS.tmp_bytes >> 20} MiB tmpfs is its /tmp and working folder; "
+    "it has no network (loopback at most) and sees and signals only its own processes (what a "
+    "program leaves running is killed after it). Each program has its time limit (the worker is "
+    "killed 1 s past it) and that + 1 s of CPU time; every process is held to "
+    f"{LIMITS.cpu_seconds // 60} minutes of CPU time, {LIMITS.memory_bytes >> 30} GiB of address "
+    f"space, files of {LIMITS.file_bytes >> 20} MiB and {LIMITS.processes} processes. Where no "
+    "sandbox works, eval refuses to run unless --unsafe-no-sandbox: then only those limits "
+    "apply (the process limit not to root), and the programs run with your full rights."
+)
 
+# The worker, run in the sandbox: it says "ready", then executes programs (JSON lines on stdin)
+# one after another, each in a fresh namespace, and answers a line per program on its stdout:
+# [error, its own CPU seconds so far], error "" when the program passed, else the exception's
+# name, "exit status N" or "timeout". Its stdin and stdout are moved away from the programs'
+# (both /dev/null). Each program gets its time limit as a timer and that + 1 s of CPU as the
+# soft limit (SIGXCPU ends the worker, and it is replaced). The guard is
+# human-eval's reliability_guard: it stops accidents, not a program that means harm; the
+# sandbox does. Isolated (argument "isolated"), after each program the worker kills every other
+# process it can: in its own PID namespace, whatever the program left running.
+WORKER = r"""
+import json, math, os, resource, shutil, signal, socket, subprocess, sys
 
-# Runs before every program: a memory limit, no network, and no killing, forking or deleting.
-GUARD = f"""
-import os, resource, shutil, socket, subprocess, sys
-resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_BYTES}, {MEMORY_BYTES}))
-def _refused(*args, **kwargs):
+def refused(*args, **kwargs):
     raise PermissionError("not allowed while evaluating")
-socket.socket = socket.create_connection = socket.getaddrinfo = _refused
-for _name in ("system", "kill", "killpg", "fork", "forkpty", "execv", "execve", "putenv",
-              "remove", "unlink", "rmdir", "removedirs", "rename", "replace", "chmod", "chdir"):
-    setattr(os, _name, _refused)
-shutil.rmtree = shutil.move = subprocess.Popen = subprocess.run = _refused
-"""
 
-# The batch worker: one process executes many programs, each in a fresh namespace under a timer.
-# It answers one line per program on the stdout it started with; the programs' output is discarded.
-WORKER = (
-    GUARD
-    + """
-import json, signal, io
-_answers = sys.stdout
-def _expired(signum, frame):
+def expired(signum, frame):
     raise TimeoutError("time limit")
-signal.signal(signal.SIGALRM, _expired)
-for _line in sys.stdin:
-    _job = json.loads(_line)
-    sys.stdout = sys.stderr = io.StringIO()
-    _error = ""
+
+def outcome(source, timeout):
+    used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    resource.setrlimit(resource.RLIMIT_CPU, (min(math.ceil(used + timeout) + 1, hard), hard))
+    signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        signal.setitimer(signal.ITIMER_REAL, _job["timeout"])
-        exec(compile(_job["source"], "<program>", "exec"), {"__name__": "__main__"})
-    except SystemExit as _exit:
-        _error = "" if _exit.code in (None, 0) else "SystemExit"
-    except BaseException as _exception:
-        _error = type(_exception).__name__
+        exec(compile(source, "<program>", "exec"), {"__name__": "__main__"})
+    except SystemExit as stop:
+        code = stop.code
+        code = 0 if code is None else code & 255 if isinstance(code, int) else 1
+        return f"exit status {code}" if code else ""
+    except TimeoutError:
+        return "timeout"
+    except BaseException as exception:
+        return type(exception).__name__
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    _answers.write(json.dumps(_error) + "\\n")
-    _answers.flush()
+    return ""
+
+isolated = sys.argv[1:] == ["isolated"]
+jobs, answers = os.fdopen(os.dup(0)), os.fdopen(os.dup(1), "w")
+null = os.open(os.devnull, os.O_RDWR)
+for fd in (0, 1, 2):
+    os.dup2(null, fd)
+kill, waitpid = os.kill, os.waitpid
+signal.signal(signal.SIGALRM, expired)
+socket.socket = socket.create_connection = socket.getaddrinfo = refused
+for name in ("system", "kill", "killpg", "fork", "forkpty", "execv", "execve", "putenv",
+             "remove", "unlink", "rmdir", "removedirs", "rename", "replace", "chmod", "chdir"):
+    setattr(os, name, refused)
+shutil.rmtree = shutil.move = subprocess.Popen = subprocess.run = refused
+answers.write("ready\n")
+answers.flush()
+for line in jobs:
+    job = json.loads(line)
+    error = outcome(job["source"], job["timeout"])
+    if isolated:
+        try:
+            kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        while waitpid(-1, os.WNOHANG)[0]:  # what the program forked and left
+            pass
+    except ChildProcessError:
+        pass
+    answers.write(json.dumps([error, sum(resource.getrusage(resource.RUSAGE_SELF)[:2])]) + "\n")
+    answers.flush()
 """
-)
 
 
 @dataclass(frozen=True)
@@ -152,95 +198,81 @@ def load_problems(data: Path, subset: str, limit: int | None = None) -> list[Pro
 # ---- running programs -------------------------------------------------------------------------
 
 
-@cache
-def network_sandbox() -> list[str]:
-    """`unshare -n` when this machine lets us drop the network that way, else nothing."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return []
-    try:
-        probe = subprocess.run([unshare, "-n", "true"], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [unshare, "-n"] if probe.returncode == 0 else []
+def run_program(
+    source: str, timeout: float = TIMEOUT_S, isolation: Isolation | None = None
+) -> Outcome:
+    """Run `source` in a sandbox of its own (see `run_programs`)."""
+    return next(run_programs([source], timeout, isolation))
 
 
-def run_program(source: str, timeout: float = TIMEOUT_S) -> Outcome:
-    """Run `source` in its own Python process in a fresh temporary folder, without network."""
-    with tempfile.TemporaryDirectory(prefix="fim-lsp-eval-") as folder:
-        Path(folder, "program.py").write_text(GUARD + source, encoding="utf-8")
-        command = [*network_sandbox(), sys.executable, "-I", "program.py"]
-        process = subprocess.Popen(
-            command,
-            cwd=folder,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        try:
-            _, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.communicate()
-            return Outcome(False, "timeout")
-    if process.returncode == 0:
-        return Outcome(True)
-    last = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-    return Outcome(False, last[0].split(":")[0] or f"exit status {process.returncode}")
+class WorkerError(RuntimeError):
+    """The sandboxed worker did not start."""
 
 
 class Worker:
-    """A Python process that executes programs one after another (see WORKER)."""
+    """A sandboxed Python process that runs programs one after another (see WORKER)."""
 
-    def __init__(self, folder: str):
-        self.process = subprocess.Popen(
-            [*network_sandbox(), sys.executable, "-I", "-c", WORKER],
-            cwd=folder,
+    def __init__(self, isolation: Isolation):
+        isolated = [] if isolation is Isolation.NONE else ["isolated"]
+        self.sandbox = Sandbox(
+            [sys.executable, "-I", "-c", WORKER, *isolated],
+            LIMITS,
+            isolation,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
-            start_new_session=True,
         )
+        self.cpu_seconds = 0.0  # its own, which the programs it ran spent
+        stdout = self.sandbox.process.stdout
+        assert stdout
+        ready, _, _ = select.select([stdout], [], [], WORKER_START_S)
+        if not (ready and stdout.readline() == "ready\n"):
+            self.close()
+            raise WorkerError(
+                f"the program runner did not start in its sandbox ({isolation.value}) "
+                f"within {WORKER_START_S:.0f} s"
+            )
 
     def run(self, source: str, timeout: float) -> Outcome | None:
         """The program's outcome, or None when the worker did not answer in time (or died)."""
-        assert self.process.stdin and self.process.stdout
+        process = self.sandbox.process
+        assert process.stdin and process.stdout
         try:
-            self.process.stdin.write(json.dumps({"source": source, "timeout": timeout}) + "\n")
-            self.process.stdin.flush()
+            process.stdin.write(json.dumps({"source": source, "timeout": timeout}) + "\n")
+            process.stdin.flush()
         except BrokenPipeError:
             return None
-        # The worker's own timer fires first; this margin covers programs that catch it.
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout + 1)
-        answer = self.process.stdout.readline() if ready else ""
+        ready, _, _ = select.select([process.stdout], [], [], timeout + WORKER_MARGIN_S)
+        answer = process.stdout.readline() if ready else ""
         if not answer:
             return None
-        error = json.loads(answer)
-        return Outcome(not error, "timeout" if error == "TimeoutError" else error)
+        error, self.cpu_seconds = json.loads(answer)
+        return Outcome(not error, error)
 
     def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, 9)
-        self.process.wait()
+        self.sandbox.close()
 
 
-def run_programs(sources: Iterable[str], timeout: float = TIMEOUT_S) -> Iterator[Outcome]:
-    """Outcomes of many programs, faster than `run_program` each: one worker process runs them,
-    each in a fresh namespace; a worker that hangs or dies is replaced. Use it for trusted
-    programs (the canonical solutions and their variants); programs share the process."""
-    with tempfile.TemporaryDirectory(prefix="fim-lsp-eval-") as folder:
-        worker = Worker(folder)
-        try:
-            for source in sources:
-                outcome = worker.run(source, timeout)
-                if outcome is None:
-                    worker.close()
-                    worker = Worker(folder)
-                    outcome = Outcome(False, "timeout")
-                yield outcome
-        finally:
+def run_programs(
+    sources: Iterable[str], timeout: float = TIMEOUT_S, isolation: Isolation | None = None
+) -> Iterator[Outcome]:
+    """Outcomes of many programs, each in a fresh namespace, run one after another by a worker
+    in a sandbox (see SANDBOX_HELP); a worker that dies or stops answering is replaced.
+    `isolation`: by default the best this machine has (sandbox.Unavailable when none works)."""
+    isolation = sandbox.detect() if isolation is None else isolation
+    worker: Worker | None = None
+    try:
+        for source in sources:
+            worker = worker or Worker(isolation)
+            outcome = worker.run(source, timeout)
+            if outcome is None or worker.cpu_seconds > LIMITS.cpu_seconds / 2:
+                # Dead, stuck, or half its CPU time spent: the next program gets a new one.
+                worker.close()
+                worker = None
+            yield Outcome(False, "timeout") if outcome is None else outcome
+    finally:
+        if worker:
             worker.close()
 
 
@@ -273,12 +305,18 @@ class Sample:
 
 
 def sample_problem(
-    completer: Completer, problem: Problem, mode: Mode, samples: int, timeout: float
+    completer: Completer,
+    problem: Problem,
+    mode: Mode,
+    samples: int,
+    timeout: float,
+    isolation: Isolation | None = None,
 ) -> list[Sample]:
     results = []
     for _ in range(samples):
         completion = completer.complete(problem.cursor, mode=mode)
-        outcome = run_program(problem.program(completion.text, completion.replace_chars), timeout)
+        program = problem.program(completion.text, completion.replace_chars)
+        outcome = run_program(program, timeout, isolation)
         document = problem.prefix + completion.text + problem.suffix[completion.replace_chars :]
         results.append(
             Sample(
@@ -329,13 +367,14 @@ def evaluate(
     samples: int,
     timeout: float = TIMEOUT_S,
     progress: Callable[[int, int, str], None] = progress_bar,
+    isolation: Isolation | None = None,
 ) -> dict[str, Any]:
     """Complete every problem `samples` times through the server's pipeline; the JSON report."""
     mode = SUBSETS[subset][1]
     started = time.perf_counter()
     per_problem = []
     for done, problem in enumerate(problems, 1):
-        per_problem.append(sample_problem(completer, problem, mode, samples, timeout))
+        per_problem.append(sample_problem(completer, problem, mode, samples, timeout, isolation))
         passed = sum(any(s.passed for s in results) for results in per_problem)
         progress(done, len(problems), f"problems ({passed} solved)")
     settings = completer.settings
@@ -431,7 +470,10 @@ def auto_closed_case(problem: Problem, suffix_head: str) -> Case | None:
 
 
 def check_postprocessing(
-    problems: Sequence[Problem], mode: Mode, timeout: float = CHECK_TIMEOUT_S
+    problems: Sequence[Problem],
+    mode: Mode,
+    timeout: float = CHECK_TIMEOUT_S,
+    isolation: Isolation | None = None,
 ) -> dict[str, dict[str, float]]:
     """Pass rates per variant, with post-processing ("on") and with the raw text ("off")."""
     cases = [case for problem in problems for case in run_on_cases(problem)]
@@ -442,7 +484,7 @@ def check_postprocessing(
         pairs.append((case.variant, case.program(text, replace_chars), case.program(case.raw, 0)))
     # Many variants end as the same program: run each program once.
     unique = sorted({program for _, on, off in pairs for program in (on, off)})
-    outcomes = dict(zip(unique, run_programs(unique, timeout), strict=True))
+    outcomes = dict(zip(unique, run_programs(unique, timeout, isolation), strict=True))
     rates = {
         variant: rates_of([(on, off) for v, on, off in pairs if v == variant], outcomes)
         for variant in dict.fromkeys(variant for variant, _, _ in pairs)
@@ -479,7 +521,11 @@ def add_parser(
 ) -> argparse.ArgumentParser:
     """`eval humaneval-infilling` and `eval postprocess-check`; `add_settings` adds the shared
     settings flags (--model, --temperature, --max-new-tokens...) to the first."""
-    parser = subparsers.add_parser("eval", help="measure completion quality on HumanEval-infilling")
+    parser = subparsers.add_parser(
+        "eval",
+        help="measure completion quality on HumanEval-infilling",
+        description=f"Measure completion quality on HumanEval-infilling. {SANDBOX_HELP}",
+    )
     benchmarks = parser.add_subparsers(
         title="benchmarks", metavar="BENCHMARK", dest="benchmark", required=True
     )
@@ -487,8 +533,8 @@ def add_parser(
         "humaneval-infilling",
         help="complete each problem with the model, run its tests, report pass@k",
         description="Complete each problem through the server's own prompt, engine and "
-        "post-processing; execute the programs (one process each, time limit, no network); "
-        "report pass@1, pass@10 (with --samples 10 or more) and exact match.",
+        "post-processing; run the programs with the problem's tests; report pass@1, pass@10 "
+        f"(with --samples 10 or more) and exact match. {SANDBOX_HELP}",
     )
     add_data_flags(model)
     model.add_argument("--samples", type=int, default=1, help="completions per problem")
@@ -499,9 +545,18 @@ def add_parser(
     check = benchmarks.add_parser(
         "postprocess-check",
         help="no model: canonical middles plus typical run-ons, post-processing on and off",
+        description="Without a model: run each problem's canonical middle, and the middle "
+        "followed by what models typically run on with, with post-processing on and off; "
+        f"report the pass rates. {SANDBOX_HELP}",
     )
     add_data_flags(check)
     check.set_defaults(run=run)
+    for benchmark in (model, check):
+        benchmark.add_argument(
+            "--unsafe-no-sandbox",
+            action="store_true",
+            help="run the programs without a sandbox, with your full rights (rlimits only)",
+        )
     return parser
 
 
@@ -524,8 +579,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except (FileNotFoundError, json.JSONDecodeError, KeyError) as error:
         print(f"fim-lsp eval: {error}", file=sys.stderr)
         return 1
+    isolation = choose_isolation(args.unsafe_no_sandbox)
+    if isolation is None:
+        return 1
     if args.benchmark == "postprocess-check":
-        rates = check_postprocessing(problems, SUBSETS[args.subset][1])
+        rates = check_postprocessing(problems, SUBSETS[args.subset][1], isolation=isolation)
         report: dict[str, Any] = {"subset": args.subset, "problems": len(problems), "rates": rates}
         table = check_markdown(args.subset, rates)
     else:
@@ -541,9 +599,32 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         except (EngineError, TokenizerError) as error:
             print(f"fim-lsp eval: {error}", file=sys.stderr)
             return 1
-        report = evaluate(completer, problems, args.subset, args.samples, args.timeout)
+        report = evaluate(
+            completer, problems, args.subset, args.samples, args.timeout, isolation=isolation
+        )
         table = markdown(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(table)
     return 0
+
+
+def choose_isolation(unsafe: bool) -> Isolation | None:
+    """The sandbox for the programs; None, after saying why, when none works and not `unsafe`."""
+    if unsafe:
+        print(
+            "fim-lsp eval: warning: --unsafe-no-sandbox: the generated programs run with your "
+            "full rights: they can read, change and delete your files, reach the network and "
+            "start processes that outlive them; only the rlimits hold them",
+            file=sys.stderr,
+        )
+        return Isolation.NONE
+    try:
+        return sandbox.detect()
+    except sandbox.Unavailable as error:
+        print(
+            f"fim-lsp eval: refusing to run the generated programs: {error}; or pass "
+            "--unsafe-no-sandbox to run them with your full rights",
+            file=sys.stderr,
+        )
+        return None

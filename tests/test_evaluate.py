@@ -101,7 +101,7 @@ def test_run_program(source: str, outcome: Outcome) -> None:
 
 
 def test_run_program_starts_in_an_empty_folder() -> None:
-    assert run_program("import os\nassert os.listdir('.') == ['program.py']\n").passed
+    assert run_program("import os\nassert os.listdir('.') == []\n").passed
 
 
 def test_run_programs_isolates_and_survives_hangs() -> None:
