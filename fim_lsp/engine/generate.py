@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
+from fim_lsp.backend import Generation
 from fim_lsp.engine.attention import KERNEL_MAX_NEW_TOKENS, choose_attention
 from fim_lsp.engine.cpu_step import CpuStep
 from fim_lsp.engine.errors import EngineError
@@ -17,17 +17,6 @@ from fim_lsp.engine.precision import Precision
 
 # Prefill runs in chunks so that a cancel is seen between them; what was prefilled stays cached.
 PREFILL_CHUNK = 256
-
-
-@dataclass
-class Generation:
-    ids: list[int]  # generated token ids, without the end-of-text token
-    prompt_tokens: int
-    cached_tokens: int  # prompt tokens whose KV came from the cache
-    stop_reason: str  # "end", "length", "stop", "cancelled"
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    drafted: int = 0  # prompt-lookup draft tokens verified, and how many the model agreed with
-    accepted: int = 0
 
 
 class Engine:
