@@ -20,7 +20,7 @@ from fim_lsp.logs import configure_logging
 from fim_lsp.pipeline import Completer, Completion, ShownSuggestions, unsuitable
 from fim_lsp.prompt import TokenizerError
 from fim_lsp.scheduler import Scheduler
-from fim_lsp.settings import Settings, camel_case, from_client, merge
+from fim_lsp.settings import Settings, camel_case, from_client, merge, shown
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class FimLanguageServer(LanguageServer):
                 )
                 settings = dataclasses.replace(settings, log_file=self.settings.log_file)
         changed = [
-            f"{camel_case(field.name)}={getattr(settings, field.name)!r}"
+            f"{camel_case(field.name)}={shown(field.name, getattr(settings, field.name))}"
             for field in dataclasses.fields(settings)
             if getattr(settings, field.name) != getattr(self.settings, field.name)
         ]

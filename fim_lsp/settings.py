@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_MODEL = "CarperAI/FIM-NeoX-1.3B"
 
@@ -19,6 +20,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "quantization": ("int8", "none"),
     "multiline": ("auto", "always", "never"),
+    "fallback": ("local", "none"),
 }
 MINIMUM = {
     "context_length": 64,
@@ -46,6 +48,12 @@ class Settings:
     draft_tokens: int = 8  # prompt-lookup speculative decoding (greedy only); 0 = off
     cache_reuse: bool = True  # keep the KV cache across requests (off: for benchmarks)
     log_file: str | None = None
+    # The team server (live: the next request uses it).
+    backend: str = "local"  # "local" (the in-process engine) or a vLLM server's URL
+    # Bearer token for the server; the FIM_LSP_API_KEY environment variable when unset.
+    api_key: str | None = field(default=None, repr=False)
+    fallback: str = "local"  # what answers when the server cannot: "local" or "none"
+    cache_salt: str | None = None  # keeps users' server caches apart; unset: from user, workspace
 
     def reloads_model(self, other: Settings) -> bool:
         return (self.model, self.device, self.quantization) != (
@@ -56,6 +64,12 @@ class Settings:
 
 
 FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
+SECRET = {"api_key"}  # never shown in logs or messages
+
+
+def shown(name: str, value: Any) -> str:
+    """A setting's value as logs may show it."""
+    return "<hidden>" if name in SECRET and value is not None else repr(value)
 
 
 def camel_case(name: str) -> str:
@@ -87,8 +101,8 @@ def merge(settings: Settings, options: Mapping[str, Any] | None) -> tuple[Settin
         try:
             changes[name] = validate(name, value)
         except (TypeError, ValueError) as error:
-            default = getattr(settings, name)
-            warnings.append(f"setting {key!r}: {error}; keeping {default!r}")
+            kept = shown(name, getattr(settings, name))
+            warnings.append(f"setting {key!r}: {error}; keeping {kept}")
     return dataclasses.replace(settings, **changes), warnings
 
 
@@ -111,7 +125,19 @@ def validate(name: str, value: Any) -> Any:
         raise ValueError(f"{value!r} is below the minimum {MINIMUM[name]}")
     if name == "model" and not value.strip():
         raise ValueError("empty model name")
+    if name == "backend" and value != "local":
+        value = server_url(value)
+    if name in ("api_key", "cache_salt") and not value.strip():
+        raise ValueError("empty value (null restores the default)")
     return value
+
+
+def server_url(value: str) -> str:
+    """A team server's base URL (`http://gpu-box:8000`), without a trailing `/` or `/v1`."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.port == 0:
+        raise ValueError(f"{value!r} is neither local nor a server URL like http://gpu-box:8000")
+    return value.strip().rstrip("/").removesuffix("/v1")
 
 
 def from_client(payload: Any) -> Mapping[str, Any]:

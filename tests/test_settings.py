@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fim_lsp.settings import Settings, from_client, merge
+from fim_lsp.settings import Settings, from_client, merge, shown
 
 
 def test_defaults_match_the_documentation():
@@ -60,3 +60,44 @@ def test_null_restores_the_default():
     changed, _ = merge(Settings(), {"maxNewTokens": 8, "logFile": "/tmp/x.log"})
     restored, warnings = merge(changed, {"maxNewTokens": None, "logFile": None})
     assert restored == Settings() and warnings == []
+
+
+def test_team_server_settings():
+    settings, warnings = merge(
+        Settings(),
+        {"backend": "http://gpu-box:8000/v1/", "apiKey": "k", "fallback": "none", "cacheSalt": "s"},
+    )
+    assert warnings == []
+    assert (settings.backend, settings.api_key, settings.fallback, settings.cache_salt) == (
+        "http://gpu-box:8000",
+        "k",
+        "none",
+        "s",
+    )
+    assert Settings().backend == "local" and Settings().fallback == "local"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"backend": "gpu-box:8000"}, "neither local nor a server URL"),
+        ({"backend": "ftp://gpu-box"}, "neither local nor a server URL"),
+        ({"backend": "http://gpu-box:port"}, "Port could not be cast"),
+        ({"fallback": "remote"}, "not one of local, none"),
+        ({"apiKey": " "}, "empty value"),
+    ],
+)
+def test_bad_team_server_settings_warn(options, message):
+    settings, warnings = merge(Settings(), options)
+    assert settings == Settings()
+    assert len(warnings) == 1 and message in warnings[0]
+
+
+def test_the_api_key_is_never_shown():
+    settings, _ = merge(Settings(), {"apiKey": "secret-key"})
+    assert "secret-key" not in repr(settings)
+    assert shown("api_key", settings.api_key) == "<hidden>"
+    kept, warnings = merge(settings, {"apiKey": " "})
+    assert kept.api_key == "secret-key"
+    assert len(warnings) == 1 and "keeping <hidden>" in warnings[0]
+    assert "secret-key" not in warnings[0]
