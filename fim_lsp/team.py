@@ -158,7 +158,7 @@ class TeamBackend:
             "stop_token_ids": [options.end_id],
             "stream": True,
             "stream_options": {"include_usage": True},
-            "return_token_ids": True,  # vLLM >= 0.10.2
+            "return_token_ids": True,  # the ids back, not only text (tested: vLLM 0.32.0)
         }
         if options.seed is not None:
             body["seed"] = options.seed
@@ -192,7 +192,7 @@ class TeamBackend:
             new_ids = choice.get("token_ids")
             if not isinstance(new_ids, list) or not all(type(i) is int for i in new_ids):
                 raise garbage(
-                    self.url, "no token ids (return_token_ids needs vLLM 0.10.2 or newer)"
+                    self.url, "no token ids (return_token_ids needs a recent vLLM; tested: 0.32.0)"
                 )
         return chunk
 

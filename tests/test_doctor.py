@@ -69,4 +69,4 @@ def test_a_server_that_does_not_stream_token_ids(fake_vllm):
 
     fake_vllm.script = old_vllm
     _, problems = report(fake_vllm.url)
-    assert len(problems) == 1 and "vLLM 0.10.2 or newer" in problems[0]
+    assert len(problems) == 1 and "return_token_ids needs a recent vLLM" in problems[0]
