@@ -37,7 +37,10 @@ class BackendUnavailable(Exception):
 
 
 class Backend(Protocol):
-    name: str  # what the status calls it: "local", "team server"
+    @property
+    def name(self) -> str:
+        """What the status calls it: "local", "team server", "local (server down)"."""
+        ...
 
     def generate(
         self,

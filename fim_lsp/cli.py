@@ -1,4 +1,4 @@
-"""The command line: serve (the default), complete, doctor, download, eval."""
+"""The command line: serve (the default), complete, doctor, download, eval, serve-vllm."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -78,6 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     download_parser = commands.add_parser("download", help="fetch the model into the hub cache")
     add_settings(download_parser)
     download_parser.set_defaults(run=download)
+
+    vllm_parser = commands.add_parser(
+        "serve-vllm",
+        help="start vLLM as a team server for the model (--model, --api-key)",
+        description="Start vLLM's OpenAI-compatible server for the model, the way fim-lsp's "
+        "team backend needs it: fp16, 2048 tokens, prefix caching. Arguments after -- go to vLLM.",
+    )
+    vllm_parser.add_argument("--host", default="0.0.0.0", help="default 0.0.0.0 (all interfaces)")
+    vllm_parser.add_argument("--port", type=int, default=8000, help="default 8000")
+    vllm_parser.add_argument("--dtype", default="float16", help="default float16 (for GPUs)")
+    vllm_parser.add_argument(
+        "--data-parallel-size", type=int, default=1, metavar="N", help="one engine per GPU"
+    )
+    vllm_parser.add_argument(
+        "--python", default=sys.executable, help="the Python that has vLLM (default: this one)"
+    )
+    vllm_parser.add_argument(
+        "--print", action="store_true", help="print the command instead of running it"
+    )
+    vllm_parser.add_argument("vllm_args", nargs="*", metavar="-- VLLM_ARGS", help=argparse.SUPPRESS)
+    add_settings(vllm_parser)
+    vllm_parser.set_defaults(run=serve_vllm)
 
     evaluate.add_parser(commands, add_settings)
     return parser
@@ -207,6 +230,35 @@ def doctor(args: argparse.Namespace, settings: Settings) -> int:
 
     problems = report(settings, print)
     return 1 if problems else 0
+
+
+def serve_vllm(args: argparse.Namespace, settings: Settings) -> int:
+    from fim_lsp.serve_vllm import vllm_command, vllm_environment
+    from fim_lsp.team import API_KEY_VARIABLE
+
+    model = settings.model
+    if model == "demo":
+        from fim_lsp.engine.loading import DEMO_MODEL
+
+        model = str(DEMO_MODEL)
+    command = vllm_command(
+        model, args.host, args.port, args.dtype, args.data_parallel_size, args.python,
+        args.vllm_args,
+    )  # fmt: skip
+    api_key = settings.api_key or os.environ.get(API_KEY_VARIABLE)
+    if args.print:
+        print(shlex.join(command))
+        return 0
+    if not api_key:
+        print(
+            f"fim-lsp: no API key (--api-key or {API_KEY_VARIABLE}): anyone who can reach "
+            f"port {args.port} can use the server",
+            file=sys.stderr,
+        )
+    try:
+        os.execve(args.python, command, vllm_environment(api_key))
+    except OSError as error:
+        return fail(f"cannot start {args.python}: {error}")
 
 
 def download(args: argparse.Namespace, settings: Settings) -> int:

@@ -22,6 +22,8 @@ def report(settings: Settings, say: Callable[[str], None]) -> list[str]:
 
     say(f"fim-lsp {__version__}")
     say(f"Python {platform.python_version()} ({sys.executable}) on {platform.platform()}")
+    if settings.backend != "local":
+        server_report(settings, say, problem)
     try:
         import torch
     except ImportError:
@@ -56,6 +58,43 @@ def report(settings: Settings, say: Callable[[str], None]) -> list[str]:
     model_report(settings.model, say, problem)
     say("OK: the server can run." if not problems else f"{len(problems)} problem(s) found.")
     return problems
+
+
+def server_report(
+    settings: Settings, say: Callable[[str], None], problem: Callable[[str], None]
+) -> None:
+    """The team server: reachable, what it serves and how long, token-id prompts, round trip."""
+    from fim_lsp.backend import BackendUnavailable
+    from fim_lsp.team import API_KEY_VARIABLE, TeamBackend
+
+    key = "from apiKey" if settings.api_key else f"from {API_KEY_VARIABLE}"
+    if not (settings.api_key or os.environ.get(API_KEY_VARIABLE)):
+        key = "none"
+    say(f"team server: {settings.backend} (API key: {key}; fallback: {settings.fallback})")
+    backend = TeamBackend(settings.backend, settings.api_key)
+    try:
+        models = backend.served_models()
+        if not models:
+            problem(f"{settings.backend} serves no model: start it with `fim-lsp serve-vllm`")
+            return
+        for model in models:
+            say(f"served model: {model.name}, max length {model.max_model_len or '?'} tokens")
+        longest = max(model.max_model_len or 0 for model in models)
+        if longest < settings.context_length:
+            problem(
+                f"the server's max length ({longest or 'unknown'}) is below contextLength "
+                f"({settings.context_length}): start vLLM with --max-model-len 2048 "
+                "(`fim-lsp serve-vllm` does), or lower contextLength"
+            )
+        round_trips = sorted(backend.probe() for _ in range(5))
+        say(
+            f"token-id prompts: accepted; round trip {round_trips[2]:.0f} ms "
+            f"(median of 5 one-token completions, {round_trips[0]:.0f}-{round_trips[-1]:.0f} ms)"
+        )
+    except BackendUnavailable as error:
+        problem(str(error))
+    finally:
+        backend.close()
 
 
 def model_report(model: str, say: Callable[[str], None], problem: Callable[[str], None]) -> None:

@@ -11,4 +11,6 @@ def configure_logging(log_file: str | None) -> None:
     handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message at INFO
+    # They log every message or request at INFO (for httpx: each team-server completion).
+    for chatty in ("pygls", "httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

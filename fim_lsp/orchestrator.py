@@ -18,14 +18,14 @@ from fim_lsp import __version__
 from fim_lsp.documents import Cursor, Document, Place
 from fim_lsp.errors import FimLspError
 from fim_lsp.logs import configure_logging
-from fim_lsp.pipeline import Completer, Completion
+from fim_lsp.pipeline import Completer, Completion, Progress
 from fim_lsp.scheduler import Scheduler
-from fim_lsp.settings import Settings, camel_case, merge
+from fim_lsp.settings import SETTINGS, Settings, merge
+from fim_lsp.team import default_cache_salt
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int | None], None]  # (message, percentage)
-Loader = Callable[[Settings, Progress], Completer]
+Loader = Callable[[Settings, Progress, Callable[[str, str], None]], Completer]
 # How long loading waits for a client to agree to show its progress before going on without.
 PROGRESS_CREATE_S = 2.0
 
@@ -96,6 +96,7 @@ class Orchestrator:
         self.percentage: int | None = None  # of loading
         self.loads = 0  # counts loads, so that only the newest one installs its model
         self.tasks: set[asyncio.Task] = set()
+        self.workspace = ""  # the root the client opened (it salts the team server's cache)
 
     # ---- settings ----------------------------------------------------------------------------
 
@@ -111,9 +112,9 @@ class Orchestrator:
                 self.client.show("warning", f"{source}: cannot log to {settings.log_file}: {error}")
                 settings = dataclasses.replace(settings, log_file=self.settings.log_file)
         changed = [
-            f"{camel_case(field.name)}={getattr(settings, field.name)!r}"
-            for field in dataclasses.fields(settings)
-            if getattr(settings, field.name) != getattr(self.settings, field.name)
+            f"{declared.key}={declared.shown(getattr(settings, name))}"
+            for name, declared in SETTINGS.items()
+            if getattr(settings, name) != getattr(self.settings, name)
         ]
         if changed:  # in the client's log, so that a user can see a change arrive
             self.client.log(f"{source}: {', '.join(changed)}")
@@ -160,9 +161,19 @@ class Orchestrator:
                 if token is not None:  # what was reported before the client agreed
                     self.client.report_progress(token, self.message, self.percentage)
 
-        loading = asyncio.wrap_future(
-            self.scheduler.submit(lambda: self.load_model(settings, progress))
-        )
+        def told(level: str, message: str) -> None:  # the team server came or went
+            loop.call_soon_threadsafe(self.backend_changed, level, message)
+
+        def load() -> Completer:
+            team = settings.backend != "local"
+            if team and settings.cache_salt is None:  # reads a file: in the worker
+                salted = dataclasses.replace(
+                    settings, cache_salt=default_cache_salt(self.workspace)
+                )
+                return self.load_model(salted, progress, told)
+            return self.load_model(settings, progress, told)
+
+        loading = asyncio.wrap_future(self.scheduler.submit(load))
         asking = asyncio.ensure_future(
             asyncio.wait_for(self.client.begin_progress(title), PROGRESS_CREATE_S)
         )
@@ -189,6 +200,10 @@ class Orchestrator:
         self.client.log(f"{ready}; {details}")
         self.set_state("ready", ready)
 
+    def backend_changed(self, level: str, message: str) -> None:
+        self.client.show(level, message)
+        self.client.status(self.status())
+
     def fail(self, token: object | None, message: str) -> None:
         if token is not None:
             self.client.end_progress(token, "failed")
@@ -209,6 +224,7 @@ class Orchestrator:
             "device": about.get("device"),
             "quantization": about.get("quantization"),
             "attention": about.get("attention"),
+            "backend": self.completer.backend.name if self.completer else None,
         }
 
     # ---- completing --------------------------------------------------------------------------

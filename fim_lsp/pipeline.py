@@ -5,15 +5,20 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fim_lsp import gate
+from fim_lsp.availability import Availability
 from fim_lsp.backend import Backend, GenerationOptions
 from fim_lsp.documents import Cursor
 from fim_lsp.gate import Mode
 from fim_lsp.postprocess import Finisher
 from fim_lsp.prompt import FimTokenizer, Prompt, build_prompt
+from fim_lsp.routing import Routed
 from fim_lsp.settings import Settings
+
+Progress = Callable[[str, int | None], None]  # (message, percentage)
 
 
 @dataclass
@@ -65,8 +70,21 @@ class Completer:
         self.about = about or {}  # device, quantization, attention...: for status, logs, --json
 
     @classmethod
-    def load(cls, settings: Settings, progress=None) -> Completer:
-        """The model that `settings` names, loaded on the local engine (torch imported here)."""
+    def load(
+        cls,
+        settings: Settings,
+        progress: Progress | None = None,
+        tell: Callable[[str, str], None] | None = None,
+    ) -> Completer:
+        """The model that `settings` names, on the local engine or a team server; `tell` shows
+        the user the team server's comings and goings (from any thread)."""
+        if settings.backend == "local":
+            return cls.load_local(settings, progress)
+        return cls.load_team(settings, progress, tell or (lambda level, message: None))
+
+    @classmethod
+    def load_local(cls, settings: Settings, progress: Progress | None = None) -> Completer:
+        """The model loaded in process (torch imported here)."""
         from fim_lsp.engine import load_engine, no_progress, resolve_model
 
         progress = progress or no_progress
@@ -81,6 +99,26 @@ class Completer:
             folder=folder,  # resolved once: for a hub id, each resolve asks the hub
         )
         return cls(settings, tokenizer, engine, engine.context_length, engine.about())
+
+    @classmethod
+    def load_team(
+        cls, settings: Settings, progress: Progress | None, tell: Callable[[str, str], None]
+    ) -> Completer:
+        """The team server, with the fallback `settings` names; only the tokenizer is local."""
+        from fim_lsp.engine import no_progress, resolve_model
+        from fim_lsp.engine.loading import TRAINED_CONTEXT
+        from fim_lsp.team import TeamBackend
+
+        progress = progress or no_progress
+        folder = resolve_model(settings.model, progress, tokenizer_only=True)
+        tokenizer = FimTokenizer.from_file(folder / "tokenizer.json")
+        team = TeamBackend(settings.backend, settings.api_key, settings.cache_salt)
+        local = None if settings.fallback == "none" else lambda: cls.load_local(settings).backend
+        availability = Availability(fallback=settings.fallback)
+        routed = Routed(team, team.probe, availability, local, tell)
+        context = TRAINED_CONTEXT.get(settings.model, settings.context_length)
+        about = {"backend": settings.backend, "device": "team server", "quantization": "server's"}
+        return cls(settings, tokenizer, routed, context, about)
 
     def complete(
         self,

@@ -90,6 +90,8 @@ server = FimLanguageServer()
 
 @server.feature(types.INITIALIZE)
 def initialize(ls: FimLanguageServer, params: types.InitializeParams) -> None:
+    folders = params.workspace_folders or []
+    ls.orchestrator.workspace = (folders[0].uri if folders else None) or params.root_uri or ""
     ls.orchestrator.configure(from_client(params.initialization_options), "initializationOptions")
 
 

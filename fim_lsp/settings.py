@@ -14,9 +14,10 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
@@ -38,12 +39,16 @@ def setting(
     choices: Mapping[str, str] | None = None,
     minimum: float | None = None,
     maximum: float | None = None,
+    check: Callable[[Any], Any] | None = None,
+    secret: bool = False,
 ) -> T:
     """A `Settings` field with everything about it.
 
     `help` is one sentence (markdown backticks allowed); `startup` settings reload the model
     when they change, the others apply to the next request; `choices` maps each allowed value
-    to what it means; `minimum` and `maximum` bound numbers (inclusive).
+    to what it means; `minimum` and `maximum` bound numbers (inclusive); `check` takes a value of
+    the right type and returns it as it is kept (ValueError when it is wrong); a `secret` is
+    never shown in logs or messages.
     """
     spec = {
         "help": help,
@@ -51,8 +56,21 @@ def setting(
         "choices": dict(choices or {}),
         "minimum": minimum,
         "maximum": maximum,
+        "check": check,
+        "secret": secret,
     }
-    return dataclasses.field(default=default, metadata=spec)
+    return dataclasses.field(default=default, metadata=spec, repr=not secret)
+
+
+def server_url(value: str) -> str:
+    """`local`, or a team server's base URL (`http://gpu-box:8000`) without a trailing `/` or
+    `/v1`."""
+    if value == "local":
+        return value
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.port == 0:
+        raise ValueError(f"{value!r} is neither local nor a server URL like http://gpu-box:8000")
+    return value.strip().rstrip("/").removesuffix("/v1")
 
 
 @dataclass(frozen=True)
@@ -133,13 +151,45 @@ class Settings:
         maximum=65_536,
     )
     log_file: str | None = setting(None, "Log to this file instead of stderr.")
+    # The team server: a change connects anew (cheap; on the local engine the last three change
+    # nothing, see reloads_model).
+    backend: str = setting(
+        "local",
+        "`local` (the in-process engine) or the URL of a vLLM server serving the model "
+        "(`http://gpu-box:8000`; see A shared GPU server).",
+        startup=True,
+        check=server_url,
+    )
+    api_key: str | None = setting(
+        None,
+        "The team server's key, sent as a bearer token; unset: the `FIM_LSP_API_KEY` "
+        "environment variable (better: it keeps the key out of editor settings).",
+        startup=True,
+        secret=True,
+    )
+    fallback: str = setting(
+        "local",
+        "What answers when the team server cannot.",
+        startup=True,
+        choices={
+            "local": "the in-process engine, loaded the first time it is needed",
+            "none": "nothing: no suggestion until the server is back",
+        },
+    )
+    cache_salt: str | None = setting(
+        None,
+        "Keeps your prompts in the team server's cache apart from other users'; unset: derived "
+        "from your user name, the workspace and a secret kept in fim-lsp's cache folder.",
+        startup=True,
+        secret=True,
+    )
 
     def reloads_model(self, other: Settings) -> bool:
-        return any(
-            getattr(self, name) != getattr(other, name)
-            for name, declared in SETTINGS.items()
-            if declared.startup
-        )
+        """Whether going from `other` to these settings loads the model (or connects) anew."""
+        changed = {name for name in SETTINGS if getattr(self, name) != getattr(other, name)}
+        if self.backend == other.backend == "local":
+            changed -= TEAM_ONLY
+        return any(SETTINGS[name].startup for name in changed)
 
 
 @dataclass(frozen=True)
@@ -155,6 +205,8 @@ class Setting:
     choices: Mapping[str, str]
     minimum: float | None
     maximum: float | None
+    check: Callable[[Any], Any] | None
+    secret: bool
 
     @property
     def key(self) -> str:
@@ -197,7 +249,11 @@ class Setting:
             raise ValueError(f"{value!r} is below the minimum {self.minimum:g}")
         if self.maximum is not None and value > self.maximum:
             raise ValueError(f"{value!r} is above the maximum {self.maximum:g}")
-        return value
+        return self.check(value) if self.check else value
+
+    def shown(self, value: Any) -> str:
+        """The value as logs and messages may show it."""
+        return "<hidden>" if self.secret and value is not None else repr(value)
 
     def parse_number(self, value: Any) -> int | float:
         # bool is an int in Python, but `true` is not a number in JSON
@@ -232,6 +288,8 @@ def declared(field: dataclasses.Field, hint: Any) -> Setting:
     return Setting(field.name, kind, type(None) in kinds, field.default, **field.metadata)
 
 
+# Settings the local engine does not read.
+TEAM_ONLY = {"api_key", "fallback", "cache_salt"}
 HINTS = typing.get_type_hints(Settings)
 SETTINGS = {
     field.name: declared(field, HINTS[field.name]) for field in dataclasses.fields(Settings)
@@ -267,8 +325,8 @@ def merge(settings: Settings, options: Mapping[str, Any] | None) -> tuple[Settin
         try:
             changes[name] = SETTINGS[name].parse(value)
         except (TypeError, ValueError) as error:
-            previous = getattr(settings, name)
-            warnings.append(f"setting {key!r}: {error}; keeping {previous!r}")
+            kept = SETTINGS[name].shown(getattr(settings, name))
+            warnings.append(f"setting {key!r}: {error}; keeping {kept}")
     return dataclasses.replace(settings, **changes), warnings
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import tiny_model
+from tests.fake_vllm import FakeServer
 
 
 def needs_shared() -> None:
@@ -29,3 +32,14 @@ def fim_tokenizer():
     from tokenizers import Tokenizer
 
     return FimTokenizer(Tokenizer.from_str(tiny_model.fim_tokenizer_json()))
+
+
+@pytest.fixture
+def fake_vllm() -> Iterator[FakeServer]:
+    """A fake vLLM server on a free port; set its `script` to change what it answers."""
+    fake = FakeServer()
+    thread = threading.Thread(target=fake.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield fake
+    fake.shutdown()
+    fake.server_close()

@@ -209,3 +209,22 @@ def test_version():
 @pytest.mark.parametrize("args", [["--stdio", "--help"], ["serve", "--stdio", "--help"]])
 def test_stdio_flag_that_clients_append_is_accepted(args):
     assert fim_lsp(*args).returncode == 0
+
+
+def test_serve_vllm_prints_its_command_without_the_key():
+    out = fim_lsp("serve-vllm", "--print", "--port", "8123", "--api-key", "k3y", "--", "--x", "1")
+    command = out.stdout.split()
+    assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert "--enable-prefix-caching" in command and command[-2:] == ["--x", "1"]
+    assert "k3y" not in out.stdout
+
+
+def test_serve_vllm_says_when_it_cannot_start():
+    out = fim_lsp("serve-vllm", "--python", "/no/such/python", "--api-key", "k", check=False)
+    assert out.returncode == 1 and "cannot start /no/such/python" in out.stderr
+
+
+def test_doctor_checks_a_team_server_that_is_down():
+    out = fim_lsp("doctor", "--backend", "http://127.0.0.1:9", "--model", "demo", check=False)
+    assert out.returncode == 1
+    assert "team server: http://127.0.0.1:9" in out.stdout and "is it running?" in out.stdout

@@ -92,7 +92,7 @@ class FakeClient:
 
 
 def loader(backend: FakeBackend, delay: float = 0.0):
-    def load(settings: Settings, progress) -> Completer:
+    def load(settings: Settings, progress, tell) -> Completer:
         progress("reading weights", 50)
         if delay:
             threading.Event().wait(delay)
@@ -126,7 +126,7 @@ async def test_a_client_that_never_answers_the_progress_request_does_not_stop_lo
 
 
 async def test_a_failed_load_is_explained_and_completions_are_empty():
-    def broken(settings: Settings, progress) -> Completer:
+    def broken(settings: Settings, progress, tell) -> Completer:
         raise EngineError("no such model: run fim-lsp download")
 
     client = FakeClient()
@@ -207,7 +207,7 @@ async def test_settings_warnings_are_shown_and_changes_logged():
 async def test_changing_the_model_reloads_and_the_newest_load_wins():
     loads: list[str] = []
 
-    def load(settings: Settings, progress) -> Completer:
+    def load(settings: Settings, progress, tell) -> Completer:
         loads.append(settings.model)
         return Completer(settings, DEMO_TOKENIZER, FakeBackend(""), 2048, {"model": settings.model})
 

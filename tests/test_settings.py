@@ -152,3 +152,44 @@ def test_only_plain_types_can_be_declared(hint):
     field = next(f for f in dataclasses.fields(Settings) if f.name == "model")
     with pytest.raises(TypeError, match="is not bool, int, float or str"):
         declared(field, hint)
+
+
+def test_team_server_settings():
+    settings, warnings = merge(
+        Settings(),
+        {"backend": "http://gpu-box:8000/v1/", "apiKey": "k", "fallback": "none", "cacheSalt": "s"},
+    )
+    assert warnings == []
+    assert (settings.backend, settings.api_key, settings.fallback, settings.cache_salt) == (
+        "http://gpu-box:8000",
+        "k",
+        "none",
+        "s",
+    )
+    assert Settings().backend == "local" and Settings().fallback == "local"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"backend": "gpu-box:8000"}, "neither local nor a server URL"),
+        ({"backend": "ftp://gpu-box"}, "neither local nor a server URL"),
+        ({"backend": "http://gpu-box:port"}, "Port could not be cast"),
+        ({"fallback": "remote"}, "not one of local, none"),
+        ({"apiKey": " "}, "empty value"),
+    ],
+)
+def test_bad_team_server_settings_warn(options, message):
+    settings, warnings = merge(Settings(), options)
+    assert settings == Settings()
+    assert len(warnings) == 1 and message in warnings[0]
+
+
+def test_the_api_key_is_never_shown():
+    settings, _ = merge(Settings(), {"apiKey": "secret-key"})
+    assert "secret-key" not in repr(settings)
+    assert SETTINGS["api_key"].shown(settings.api_key) == "<hidden>"
+    kept, warnings = merge(settings, {"apiKey": " "})
+    assert kept.api_key == "secret-key"
+    assert len(warnings) == 1 and "keeping <hidden>" in warnings[0]
+    assert "secret-key" not in warnings[0]

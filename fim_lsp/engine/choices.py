@@ -29,6 +29,7 @@ from torch import nn
 
 from fim_lsp.engine import linear, native
 from fim_lsp.errors import EngineError
+from fim_lsp.paths import cache_folder
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def timed_winner(
     if len(candidates) == 1:
         return candidates[0], "the only int8 layers that run here"
     names = [layers.name for layers in candidates]
-    store = native.cache_folder() / "int8-choices.json"
+    store = cache_folder() / "int8-choices.json"
     key = machine_key(device, names)
     remembered = read_json(store).get(key)
     rates: dict[str, float] = remembered["rates"] if remembered else {}

@@ -26,6 +26,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from fim_lsp.paths import cache_folder
+
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer.c", "linear.c")]
@@ -85,11 +87,6 @@ def cpu_flags() -> set[str]:
         return set()
     line = next((line for line in text.splitlines() if line.startswith("flags")), "")
     return set(line.partition(":")[2].split())
-
-
-def cache_folder() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "fim-lsp"
 
 
 def recipe_digest() -> str:

@@ -238,14 +238,17 @@ async def test_settings_change_live_and_bad_values_are_reported(tiny_model_dir, 
         await wait_ready(client)
         assert "model ready" in log_file.read_text()
         client.workspace_did_change_configuration(
-            types.DidChangeConfigurationParams(settings={"fimLsp": {"maxNewTokens": 2}})
+            types.DidChangeConfigurationParams(
+                settings={"fimLsp": {"maxNewTokens": 2, "apiKey": "secret-key"}}
+            )
         )
         open_document(client, URI, TEXT)
         answer = await inline(client, URI, LINE, CURSOR_CHARS)
         tokens = answer.items[0].insert_text if answer.items else ""
         assert len(tokens) < 40, "two tokens at most"
         changes = [m.message for m in client.log_messages if "didChangeConfiguration" in m.message]
-        assert changes == ["workspace/didChangeConfiguration: maxNewTokens=2"]
+        assert changes == ["workspace/didChangeConfiguration: maxNewTokens=2, apiKey=<hidden>"]
+        assert "secret-key" not in log_file.read_text()
     finally:
         await client.shutdown_session()
 

@@ -15,4 +15,8 @@ export const SERVER_SETTINGS = [
   "cacheReuse",
   "cacheMemoryMb",
   "logFile",
+  "backend",
+  "apiKey",
+  "fallback",
+  "cacheSalt",
 ];
