@@ -50,7 +50,7 @@ def wait_until(condition, seconds: float = 5.0) -> None:
 
 
 def test_the_server_answers_while_it_is_up():
-    route, server, local, told = routed()
+    route, _, local, told = routed()
     assert len(ask(route).ids) == len("server") and route.name == "team server"
     assert local.calls == 0 and told == []
 

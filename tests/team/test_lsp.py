@@ -1,0 +1,126 @@
+"""The team server through the LSP server, end to end: the same completions as the local engine,
+cancels that stop the server's generation, and a server that dies, is replaced by the local
+fallback (the user told once), and is used again when it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from lsprotocol import types
+
+from tests.e2e.lsp import complete, inline, open_document, server_status, start, wait_ready
+from tests.team.conftest import API_KEY, VllmServer
+
+OPTIONS = {"apiKey": API_KEY, "cacheSalt": "lsp-tests", "multiline": "always"}
+DOCUMENTS = [
+    ("import os\n\n\ndef list_python_files(folder):\n    ", "\n\nprint(list_python_files('.'))\n"),
+    ("class Stack:\n    def push(self, item):\n        self.items.", "\n\n    def pop(self):\n"),
+    ("def add(a, b):\n    return a + ", "\n\n\nprint(add(1, 2))\n"),
+]
+
+
+def position(prefix: str) -> tuple[int, int]:
+    lines = prefix.split("\n")
+    return len(lines) - 1, len(lines[-1])
+
+
+async def answers(client) -> list[tuple[list[str], list[str]]]:
+    """Inline and menu completions at each document's cursor."""
+    found = []
+    for number, (prefix, suffix) in enumerate(DOCUMENTS):
+        uri = f"file:///tmp/team-{number}.py"
+        open_document(client, uri, prefix + suffix)
+        line, column = position(prefix)
+        ghost = await inline(client, uri, line, column)
+        menu = await complete(client, uri, line, column)
+        found.append(
+            ([item.insert_text for item in ghost.items], [i.text_edit.new_text for i in menu.items])
+        )
+    return found
+
+
+async def test_completions_through_the_team_server_equal_the_local_engines(vllm, vllm_model_dir):
+    team, _ = await start(vllm_model_dir, ["utf-16"], OPTIONS, None, "--backend", vllm.url)
+    local, _ = await start(vllm_model_dir, ["utf-16"], {"multiline": "always"})
+    try:
+        assert (await wait_ready(team))["backend"] == "team server"
+        assert (await wait_ready(local))["backend"] == "local"
+        from_team, from_local = await answers(team), await answers(local)
+        assert from_team == from_local
+        assert any(ghost for ghost, _ in from_team), "the tiny model should suggest something"
+    finally:
+        await team.shutdown_session()
+        await local.shutdown_session()
+
+
+async def test_a_cancelled_request_stops_the_servers_generation(vllm, vllm_model_dir):
+    options = OPTIONS | {"maxNewTokens": 1000, "maxTimeMs": 0, "draftTokens": 0}
+    client, _ = await start(vllm_model_dir, ["utf-16"], options, None, "--backend", vllm.url)
+    try:
+        await wait_ready(client)
+        uri = "file:///tmp/long.py"
+        open_document(client, uri, "x = [\n")
+        params = types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri),
+            position=types.Position(1, 0),
+            context=types.InlineCompletionContext(types.InlineCompletionTriggerKind.Invoked),
+        )
+        before = vllm.metric("vllm:generation_tokens_total")
+        pending = asyncio.ensure_future(
+            client.protocol.send_request_async(
+                types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="long"
+            )
+        )
+        while vllm.metric("vllm:generation_tokens_total") == before:  # it is generating
+            await asyncio.sleep(0.05)
+        client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="long"))
+        with pytest.raises(Exception, match="cancel"):
+            await asyncio.wait_for(pending, 10)
+        await asyncio.sleep(1.0)  # vLLM sees the closed stream and aborts the request
+        stopped = vllm.metric("vllm:generation_tokens_total")
+        await asyncio.sleep(2.0)
+        assert vllm.metric("vllm:generation_tokens_total") == stopped
+        assert stopped - before < 900  # not the whole generation
+    finally:
+        await client.shutdown_session()
+
+
+async def test_a_server_that_is_down_gets_the_local_fallback_and_one_message(vllm_model_dir):
+    down = "http://127.0.0.1:9"
+    team, _ = await start(vllm_model_dir, ["utf-16"], OPTIONS, None, "--backend", down)
+    local, _ = await start(vllm_model_dir, ["utf-16"], {"multiline": "always"})
+    try:
+        await wait_ready(team)
+        await wait_ready(local)
+        assert await answers(team) == await answers(local)  # the first answer comes from it too
+        warnings = [m.message for m in team.messages if "cannot reach" in m.message]
+        assert len(warnings) == 1 and "local model answers" in warnings[0]
+        assert (await server_status(team))["backend"] == "local (server down)"
+    finally:
+        await team.shutdown_session()
+        await local.shutdown_session()
+
+
+async def test_a_server_killed_then_back_is_used_again(vllm: VllmServer, vllm_model_dir):
+    """Last: it kills the session's server and starts it again."""
+    client, _ = await start(vllm_model_dir, ["utf-16"], OPTIONS, None, "--backend", vllm.url)
+    try:
+        await wait_ready(client)
+        assert (await answers(client))[0][0], "the team server answered"
+        vllm.kill()
+        await answers(client)  # answered by the local engine
+        assert (await server_status(client))["backend"] == "local (server down)"
+        told = [m.message for m in client.messages if "local model answers" in m.message]
+        assert len(told) == 1
+        await asyncio.get_running_loop().run_in_executor(None, vllm.start)
+        deadline = time.monotonic() + 180  # probes back off to at most a minute apart
+        while (await server_status(client))["backend"] != "team server":
+            assert time.monotonic() < deadline, "the server was not used again"
+            await answers(client)  # requests are what start the background probes
+            await asyncio.sleep(1)
+        assert any("is back" in m.message for m in client.messages)
+        assert len([m for m in client.messages if "local model answers" in m.message]) == 1
+    finally:
+        await client.shutdown_session()
