@@ -139,6 +139,8 @@ interface ServerState {
   state: string;
   message?: string;
   percentage?: number | null;
+  /** Who answers: "local", or "team server" / "local (server down)" with a team server. */
+  backend?: string | null;
 }
 
 function onServerState(params: ServerState): void {
@@ -150,7 +152,7 @@ function onServerState(params: ServerState): void {
       status.progress(undefined, params.message, params.percentage ?? undefined);
       break;
     case "ready":
-      status.ready(params.message);
+      status.ready(params.message, params.backend ?? undefined);
       break;
     case "error":
       status.error(params.message ?? "unknown error");

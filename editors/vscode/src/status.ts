@@ -5,7 +5,7 @@ import * as vscode from "vscode";
 type State =
   | { kind: "starting" }
   | { kind: "busy"; title: string; message?: string; percentage?: number }
-  | { kind: "ready"; message?: string }
+  | { kind: "ready"; message?: string; backend?: string }
   | { kind: "error"; message: string };
 
 export class ServerStatus implements vscode.Disposable {
@@ -42,9 +42,12 @@ export class ServerStatus implements vscode.Disposable {
     });
   }
 
-  /** The model is loaded; `message` says which and where (e.g. "… ready on cuda (int8)"). */
-  ready(message?: string): void {
-    this.set({ kind: "ready", message });
+  /**
+   * The model is loaded; `message` says which and where (e.g. "… ready on cuda (int8)"), and
+   * `backend` who answers: "local", or with a team server "team server" / "local (server down)".
+   */
+  ready(message?: string, backend?: string): void {
+    this.set({ kind: "ready", message, backend });
   }
 
   progressEnded(): void {
@@ -99,6 +102,13 @@ export class ServerStatus implements vscode.Disposable {
         }
         if (this.pending > 0) {
           return { text: "$(sync~spin) FIM", tooltip: "fim-lsp: generating a suggestion" };
+        }
+        if (state.backend && state.backend !== "local") {
+          const down = state.backend.includes("down");
+          return {
+            text: `${down ? "$(warning)" : "$(sparkle)"} FIM: ${state.backend}`,
+            tooltip: `fim-lsp: ${state.backend}${state.message ? ` (${state.message})` : ""}`,
+          };
         }
         return {
           text: "$(sparkle) FIM",

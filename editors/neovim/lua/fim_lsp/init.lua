@@ -69,8 +69,8 @@ function M.client(bufnr)
   return vim.lsp.get_clients({ name = NAME, bufnr = bufnr })[1]
 end
 
-local function set_state(status, message, percentage)
-  M.state = { status = status, message = message, percentage = percentage }
+local function set_state(status, message, percentage, backend)
+  M.state = { status = status, message = message, percentage = percentage, backend = backend }
   vim.api.nvim_exec_autocmds('User', { pattern = 'FimLspStatus', modeline = false })
 end
 
@@ -103,7 +103,8 @@ end
 local function on_server_status(_, params)
   if params and params.state then
     set_state(params.state, params.message ~= vim.NIL and params.message or nil,
-      params.percentage ~= vim.NIL and params.percentage or nil)
+      params.percentage ~= vim.NIL and params.percentage or nil,
+      params.backend ~= vim.NIL and params.backend or nil)
   end
 end
 
@@ -274,6 +275,9 @@ function M.status_line()
   end
   if M.state.percentage and M.state.status == 'loading' then
     state = state .. (' (%d%%)'):format(M.state.percentage)
+  end
+  if M.state.backend and M.state.backend ~= 'local' then
+    state = state .. '; answers: ' .. M.state.backend -- "team server", "local (server down)"
   end
   return ('fim-lsp: %s; client %d, %s, suggestions %s, ghost text: %s'):format(
     state,
