@@ -53,3 +53,17 @@ class Backend(Protocol):
         (asked after every token with all generated ids so far) or `cancel` (checked before every
         forward pass; a cancelled generation returns what it has)."""
         ...
+
+    def prefill_ms_per_token(self) -> float | None:
+        """What prefilling one prompt token costs, or None where it is unknown or small enough
+        not to matter (then every prompt is answered at full length)."""
+        ...
+
+    def cached_tokens(self, prompt: list[int]) -> int:
+        """How many of `prompt`'s first tokens are already computed (0 where unknown)."""
+        ...
+
+    def warm(self, prompt: list[int], options: GenerationOptions, cancel: threading.Event) -> None:
+        """Prefill `prompt` for the requests to come, stopping as soon as `cancel` is set (a
+        backend that cannot, or need not, does nothing)."""
+        ...

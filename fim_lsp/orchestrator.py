@@ -254,6 +254,8 @@ class Orchestrator:
                 return None
         if completion is not None:
             self.log_completion(key, completion)
+            if (ids := completion.warm_ids) is not None:  # the full prompt, while idle
+                self.scheduler.background(lambda cancel: completer.warm(ids, settings, cancel))
         if completion is None or not completion.text:
             self.shown.forget(key)
             return None
@@ -277,6 +279,8 @@ class Orchestrator:
             "stop_reason": completion.stop_reason,
             "timings_ms": {name: round(ms, 1) for name, ms in completion.timings_ms.items()},
         }
+        if completion.context:
+            stats["context"] = completion.context
         self.client.log(f"completion {json.dumps(stats)}")
 
     def shutdown(self) -> None:

@@ -34,6 +34,15 @@ class Completion:
     accepted_tokens: int = 0
     stop_reason: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Answered from a shorter prompt than the full context (why, for the log), and the full
+    # prompt, to prefill in the background for the next keystrokes.
+    context: str = ""
+    warm_ids: list[int] | None = None
+
+
+# A cold prompt is never cut below this many tokens, whatever the budget: fewer leave too little
+# code around the cursor to be worth an answer.
+MIN_COLD_TOKENS = 128
 
 
 def new_tokens_allowed(settings: Settings) -> int:
@@ -98,6 +107,8 @@ class Completer:
             progress=progress,
             folder=folder,  # resolved once: for a hub id, each resolve asks the hub
         )
+        if settings.cold_budget_ms:  # measured at load (once per machine), not at a request
+            progress(f"prefill: {engine.prefill_ms_per_token():.1f} ms per token", 100)
         return cls(settings, tokenizer, engine, engine.context_length, engine.about())
 
     @classmethod
@@ -131,12 +142,13 @@ class Completer:
         started = time.perf_counter()
         settings = settings or self.settings
         # No longer prompts than the model was trained on, whatever contextLength says.
-        context = min(settings.context_length, self.context_length)
-        settings = dataclasses.replace(settings, context_length=context)
+        tokens = min(settings.context_length, self.context_length)
+        settings = dataclasses.replace(settings, context_length=tokens)
         document = cursor.normalized()  # the model reads LF; the answer gets the file's endings
-        mode, prompt = plan(self.tokenizer, settings, document, mode)
-        if mode is None or prompt is None:
+        mode, full = plan(self.tokenizer, settings, document, mode)
+        if mode is None or full is None:
             return Completion("", stop_reason="gate")
+        prompt, why = self.within_cold_budget(full, document, settings)
         deadline = started + settings.max_time_ms / 1000 if settings.max_time_ms else None
         finisher = Finisher(self.tokenizer.decode, document, mode, deadline)
         options = GenerationOptions(
@@ -168,4 +180,38 @@ class Completer:
                 **generation.timings_ms,
                 "total": (time.perf_counter() - started) * 1000,
             },
+            context=why,
+            warm_ids=None if prompt is full else full.ids,
         )
+
+    def within_cold_budget(
+        self, full: Prompt, cursor: Cursor, settings: Settings
+    ) -> tuple[Prompt, str]:
+        """The prompt to answer from: the full one, unless prefilling what the caches lack would
+        take longer than `coldBudgetMs`; then the longest prompt that fits the budget, and why."""
+        budget_ms = settings.cold_budget_ms
+        rate = self.backend.prefill_ms_per_token() if budget_ms else None
+        if rate is None:
+            return full, ""
+        new = len(full.ids) - self.backend.cached_tokens(full.ids)
+        if new * rate <= budget_ms:
+            return full, ""
+        tokens = max(MIN_COLD_TOKENS, int(budget_ms / rate))
+        if tokens >= len(full.ids):
+            return full, ""
+        smaller = build_prompt(
+            self.tokenizer, cursor.prefix, cursor.suffix, tokens, cursor.first_line
+        )
+        why = (
+            f"{len(smaller.ids)} of {len(full.ids)} prompt tokens: {new} not cached would take "
+            f"{new * rate:,.0f} ms at {rate:.1f} ms each, past coldBudgetMs {budget_ms}; the "
+            "full prompt is prefilled in the background"
+        )
+        return smaller, why
+
+    def warm(self, ids: list[int], settings: Settings, cancel: threading.Event) -> None:
+        """Prefill the full prompt `ids` in the background (see `within_cold_budget`)."""
+        options = GenerationOptions(
+            max_new_tokens=1, end_id=self.tokenizer.eot_id, cache_memory_mb=settings.cache_memory_mb
+        )
+        self.backend.warm(ids, options, cancel)

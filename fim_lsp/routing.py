@@ -60,6 +60,19 @@ class Routed:
         self.probe_when_due()
         return self.answer_locally(prompt, options, should_stop, cancel)
 
+    # The team server answers at full length (team.py); while it is down, so does the fallback:
+    # the outage is the exception, and the local engine's own measures would mislead the next
+    # request, which the server may answer again.
+
+    def prefill_ms_per_token(self) -> float | None:
+        return None
+
+    def cached_tokens(self, prompt: list[int]) -> int:
+        return 0
+
+    def warm(self, prompt: list[int], options: GenerationOptions, cancel: threading.Event) -> None:
+        return None
+
     def answer_locally(
         self,
         prompt: list[int],

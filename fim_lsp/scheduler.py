@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -34,6 +37,7 @@ class Scheduler:
     def __init__(self) -> None:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fim-lsp-model")
         self.current: Job | None = None  # the newest request's job
+        self.idle_work: threading.Event | None = None  # the cancel flag of background work
 
     def submit(self, work: Callable[[], T]) -> Future[T]:
         """Queue work that no request waits for (loading the model)."""
@@ -48,12 +52,25 @@ class Scheduler:
             if not job.superseded.done():
                 job.superseded.set_result(None)
 
+    def background(self, work: Callable[[threading.Event], object]) -> None:
+        """Run `work(cancel)` in the worker when it is free (work no request waits for, such as
+        warming a cache); the next request sets its cancel flag, and it must stop at once."""
+        self.stop_background()
+        cancel = self.idle_work = threading.Event()
+        self.worker.submit(self.unless_cancelled, work, cancel).add_done_callback(log_failure)
+
+    def stop_background(self) -> None:
+        if self.idle_work is not None:
+            self.idle_work.set()
+            self.idle_work = None
+
     async def run(
         self, work: Callable[[threading.Event], T], debounce_s: float = 0.0, key: str = ""
     ) -> T | None:
         """Run `work(cancel)` in the worker, for document `key`; None when a newer request
         superseded it."""
         self.supersede()
+        self.stop_background()
         loop = asyncio.get_running_loop()
         job = self.current = Job(threading.Event(), loop.create_future(), key)
         try:
@@ -83,6 +100,7 @@ class Scheduler:
 
     def shutdown(self) -> None:
         self.supersede()
+        self.stop_background()
         self.worker.shutdown(wait=False, cancel_futures=True)
 
 
@@ -90,3 +108,9 @@ def ignore_outcome(future: asyncio.Future) -> None:
     """Retrieve a superseded job's outcome, so that an error in it is not reported as unseen."""
     with contextlib.suppress(BaseException):
         future.result()
+
+
+def log_failure(future: Future) -> None:
+    """Background work has nobody to tell: its errors go to the log."""
+    if not future.cancelled() and (error := future.exception()) is not None:
+        log.error("background work failed: %r", error, exc_info=error)

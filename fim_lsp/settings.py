@@ -150,6 +150,15 @@ class Settings:
         minimum=0,
         maximum=65_536,
     )
+    # 1.5 s: a pause a user accepts after a jump; 10 minutes: more than any prompt takes.
+    cold_budget_ms: int = setting(
+        1500,
+        "After a move, a file switch or a restart, when prefilling the prompt would take longer "
+        "than this, answer from a shorter prompt that fits and prefill the full one in the "
+        "background; 0 = always the full prompt.",
+        minimum=0,
+        maximum=600_000,
+    )
     log_file: str | None = setting(None, "Log to this file instead of stderr.")
     # The team server: a change connects anew (cheap; on the local engine the last three change
     # nothing, see reloads_model).

@@ -214,6 +214,18 @@ class TeamBackend:
                 return "length"
         return None
 
+    # A GPU server prefills a whole prompt in tens of milliseconds, and its own prefix cache
+    # keeps what it ran: prompts go at full length, and nothing needs warming ahead.
+
+    def prefill_ms_per_token(self) -> float | None:
+        return None
+
+    def cached_tokens(self, prompt: list[int]) -> int:
+        return 0
+
+    def warm(self, prompt: list[int], options: GenerationOptions, cancel: threading.Event) -> None:
+        return None
+
     def served_models(self) -> list[ServedModel]:
         """What the server serves (GET /v1/models). Raises BackendUnavailable."""
         try:

@@ -187,7 +187,7 @@ def test_int8_engine_keeps_keys_and_values_in_fp16_and_reuse_matches_a_cold_run(
 def fresh_choices(tmp_path, monkeypatch):
     """An empty cache folder: nothing remembered from earlier timings."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    return tmp_path / "fim-lsp" / "int8-choices.json"
+    return tmp_path / "fim-lsp" / "measured.json"
 
 
 def test_cpu_int8_layers_are_chosen_by_measurement_and_remembered(fresh_choices, monkeypatch):
@@ -334,3 +334,23 @@ def test_switching_between_two_prompts_keeps_both_warm(engine):
     assert [g.ids for g in warm] == [g.ids for g in cold]
     generate(engine, PROMPT, 4, cache_memory_mb=0)  # no room: only the prompt in use stays
     assert len(engine.store.caches) == 1
+
+
+def test_warming_a_prompt_makes_its_request_warm_and_a_cancel_stops_it(engine):
+    engine.store.clear()
+    cancelled = threading.Event()
+    cancelled.set()
+    engine.warm(PROMPT, GenerationOptions(1, -1), cancelled)
+    assert engine.cached_tokens(PROMPT) == 0
+    engine.warm(PROMPT, GenerationOptions(1, -1), threading.Event())
+    assert engine.cached_tokens(PROMPT) == len(PROMPT) - 1
+    assert generate(engine, PROMPT, 2).cached_tokens == len(PROMPT) - 1
+
+
+def test_the_prefill_rate_is_measured_once_per_machine(tiny_model_dir, fresh_choices, monkeypatch):
+    first = load_engine(str(tiny_model_dir), VOCAB, device="cpu", quantization="none")
+    rate = first.prefill_ms_per_token()
+    assert rate > 0 and first.cache.length == 0  # measured aside, not in the cache in use
+    second = load_engine(str(tiny_model_dir), VOCAB, device="cpu", quantization="none")
+    monkeypatch.setattr(second, "measure_prefill", lambda: pytest.fail("measured again"))
+    assert second.prefill_ms_per_token() == rate

@@ -36,6 +36,17 @@ class FakeBackend:
         self.prompts: list[list[int]] = []
         self.started = started or threading.Event()
         self.hold = hold  # seconds per token, so that a test can supersede a running job
+        self.rate: float | None = None  # ms per prompt token; None: no cold budget
+        self.warmed: list[list[int]] = []
+
+    def prefill_ms_per_token(self) -> float | None:
+        return self.rate
+
+    def cached_tokens(self, prompt: list[int]) -> int:
+        return max((shared(prompt, seen) for seen in self.prompts + self.warmed), default=0)
+
+    def warm(self, prompt, options, cancel) -> None:
+        self.warmed.append(prompt)
 
     def generate(
         self,
@@ -57,6 +68,13 @@ class FakeBackend:
                 reason = "stop"
                 break
         return Generation(generated, len(prompt), 0, reason, {"prefill": 1.0, "decode": 1.0})
+
+
+def shared(a: list[int], b: list[int]) -> int:
+    count = 0
+    while count < min(len(a), len(b)) and a[count] == b[count]:
+        count += 1
+    return count
 
 
 class FakeClient:
@@ -218,3 +236,22 @@ async def test_changing_the_model_reloads_and_the_newest_load_wins():
     await asyncio.gather(*orchestrator.tasks)
     assert loads == ["fake", "third"]  # "other" was superseded before it started
     assert orchestrator.completer is not None and orchestrator.completer.about["model"] == "third"
+
+
+async def test_a_cold_prompt_past_the_budget_is_answered_short_and_warmed_for_the_next_key():
+    backend = FakeBackend("total = 0\n")
+    backend.rate = 10.0  # ms per token: 150 tokens fit the default 1,500 ms budget
+    orchestrator = await ready(backend)
+    body = "".join(f"def f{n}(x):\n    return x * {n}\n\n" for n in range(200))
+    document = Document(body + "def main():\n    \n", "python")
+    place = Place(document.text.count("\n") - 1, 4)
+    first = await orchestrator.complete("doc", document, place)
+    assert first is not None and "past coldBudgetMs 1500" in first.context
+    answered, full = backend.prompts[0], first.warm_ids
+    assert full is not None and len(answered) <= 150 < len(full)
+    await asyncio.sleep(0.1)  # the worker is idle: the full prompt is warmed
+    assert backend.warmed == [full]
+    log = [entry for entry in orchestrator.client.logs if entry.startswith("completion ")]
+    assert '"context": "' in log[0]
+    again = await orchestrator.complete("doc", document, place)  # now cached: full length
+    assert again is not None and again.context == "" and backend.prompts[1] == full

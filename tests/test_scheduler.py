@@ -82,3 +82,19 @@ async def test_an_error_reaches_the_request_that_is_still_wanted():
         assert "broken model" in str(error)
     else:
         raise AssertionError("the error was lost")
+
+
+async def test_background_work_runs_when_idle_and_stops_for_a_request():
+    scheduler = Scheduler()
+    started, stopped = threading.Event(), threading.Event()
+
+    def warm(cancel: threading.Event) -> None:
+        started.set()
+        cancel.wait(5)
+        stopped.set()
+
+    scheduler.background(warm)
+    await wait_for(started)
+    began = time.perf_counter()
+    assert await scheduler.run(lambda cancel: "answer") == "answer"
+    assert stopped.is_set() and time.perf_counter() - began < 1

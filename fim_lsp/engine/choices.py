@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -32,6 +33,8 @@ from fim_lsp.errors import EngineError
 from fim_lsp.paths import cache_folder
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -171,22 +174,36 @@ def timed_winner(
     if len(candidates) == 1:
         return candidates[0], "the only int8 layers that run here"
     names = [layers.name for layers in candidates]
-    store = cache_folder() / "int8-choices.json"
-    key = machine_key(device, names)
-    remembered = read_json(store).get(key)
-    rates: dict[str, float] = remembered["rates"] if remembered else {}
-    if set(rates) != set(names):
-        rates, remembered = int8_rates(candidates, device, dtype), None
+    measured_now: list[bool] = []
+
+    def measure() -> dict[str, float]:
+        measured_now.append(True)
+        return int8_rates(candidates, device, dtype)
+
+    rates = remembered(machine_key(device, names), measure)
+    if set(rates) != set(names):  # written by another version: measure again
+        rates = remembered(machine_key(device, names), measure, again=True)
     winner = max(names, key=lambda name: rates[name])
-    if not remembered:
-        write_json(store, read_json(store) | {key: {"winner": winner, "rates": rates}})
     measured = ", ".join(f"{name} {rate:.1f} GOP/s" for name, rate in rates.items())
-    when = "measured at an earlier start" if remembered else "measured"
+    when = "measured" if measured_now else "measured at an earlier start"
     return INT8_LAYERS[winner], f"{when}: {measured}"
 
 
+def remembered(key: str, measure: Callable[[], T], again: bool = False) -> T:
+    """A measurement of this machine, made once and kept beside the compiled kernels (a restart
+    reads it instead of timing again); `key` says what it depends on (machine_key)."""
+    store = cache_folder() / "measured.json"
+    known = read_json(store)
+    if key in known and not again:
+        return known[key]
+    value = measure()
+    write_json(store, read_json(store) | {key: value})
+    return value
+
+
 def machine_key(device: str, names: list[str]) -> str:
-    """What the timing depends on: the processor or GPU, the libraries, the kernels."""
+    """What a timing depends on: the processor or GPU, the libraries, the kernels, and `names`
+    (what was timed)."""
     try:
         import bitsandbytes
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from fim_lsp.backend import Generation, GenerationOptions
-from fim_lsp.engine.choices import Precision
+from fim_lsp.engine.choices import Precision, machine_key, remembered
 from fim_lsp.engine.cpu_step import STEP_MAX_TOKENS, CpuStep
 from fim_lsp.engine.kv_cache import KVCache, PromptStore
 from fim_lsp.engine.neox import NeoX
@@ -21,6 +21,12 @@ from fim_lsp.errors import EngineError
 
 # Prefill runs in chunks so that a cancel is seen between them; what was prefilled stays cached.
 PREFILL_CHUNK = 256
+# Prefill in the background (warm) yields to any request within a chunk: smaller ones.
+WARM_CHUNK = 64
+# The prefill rate is measured on this many tokens when it is not known yet, then follows the
+# prefills that run (each of at least this many tokens moves it by RATE_WEIGHT).
+RATE_TOKENS = 128
+RATE_WEIGHT = 0.3
 
 
 class Engine:
@@ -44,6 +50,7 @@ class Engine:
         # "heuristic" schedule), so that drafts the model keeps rejecting stay short and cheap.
         self.draft_length = 8
         self.drafted = self.accepted = 0  # running totals
+        self.prefill_rate: float | None = None  # ms per prompt token, from prefills that ran
 
     def new_cache(self) -> KVCache:
         shape = self.model.shape
@@ -186,15 +193,58 @@ class Engine:
         self.accepted += accepted
         return [*draft[:accepted], predicted_ids[accepted]]
 
-    def prefill(self, ids: list[int], cancel: threading.Event) -> torch.Tensor | None:
+    def prefill(
+        self, ids: list[int], cancel: threading.Event, chunk: int = PREFILL_CHUNK
+    ) -> torch.Tensor | None:
         """Run `ids` through the model after the cache; the last position's logits, or None if
         cancelled. Chunks already run stay in the cache."""
         logits = None
-        for start in range(0, len(ids), PREFILL_CHUNK):
+        started = time.perf_counter()
+        for start in range(0, len(ids), chunk):
             if cancel.is_set():
                 return None
-            logits = self.forward(ids[start : start + PREFILL_CHUNK])
+            logits = self.forward(ids[start : start + chunk])
+        if len(ids) >= RATE_TOKENS and logits is not None:
+            rate = (time.perf_counter() - started) * 1000 / len(ids)
+            known = self.prefill_rate
+            self.prefill_rate = rate if known is None else known + RATE_WEIGHT * (rate - known)
         return logits
+
+    # ---- for a bounded first answer after a move (pipeline.py) ---------------------------------
+
+    def prefill_ms_per_token(self) -> float:
+        """What prefilling a prompt token costs here: from the prefills that ran, else measured
+        once on this machine (and remembered, so that a restart does not measure again)."""
+        if self.prefill_rate is None:
+            what = [self.precision.quantization, repr(self.model.shape), "prefill ms per token"]
+            key = machine_key(self.precision.device, what)
+            self.prefill_rate = remembered(key, self.measure_prefill)
+        return self.prefill_rate
+
+    @torch.inference_mode()
+    def measure_prefill(self) -> float:
+        scratch, self.cache = self.cache, self.new_cache()
+        try:
+            self.prefill(list(range(2, 2 + RATE_TOKENS)), threading.Event())
+        finally:
+            self.cache = scratch
+        assert self.prefill_rate is not None
+        return self.prefill_rate
+
+    def cached_tokens(self, prompt: list[int]) -> int:
+        """How many of `prompt`'s first tokens some cache already holds."""
+        return self.store.cached(prompt)
+
+    @torch.inference_mode()
+    def warm(self, prompt: list[int], options: GenerationOptions, cancel: threading.Event) -> None:
+        """Prefill `prompt` into the store for the requests to come, in small chunks that
+        stop as soon as `cancel` is set (what was run stays)."""
+        self.cache, cached = self.store.take(prompt, options.cache_memory_mb << 20)
+        try:
+            self.prefill(prompt[cached:], cancel, WARM_CHUNK)
+        except BaseException:
+            self.cache.clear()
+            raise
 
     def forward(self, ids: list[int], keep: int = 1) -> torch.Tensor:
         # ids -> logits: [keep, vocab] for the last `keep` positions

@@ -14,6 +14,7 @@ export const SERVER_SETTINGS = [
   "draftTokens",
   "cacheReuse",
   "cacheMemoryMb",
+  "coldBudgetMs",
   "logFile",
   "backend",
   "apiKey",
