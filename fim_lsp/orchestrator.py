@@ -254,13 +254,32 @@ class Orchestrator:
                 return None
         if completion is not None:
             self.log_completion(key, completion)
-            if (ids := completion.warm_ids) is not None:  # the full prompt, while idle
-                self.scheduler.background(lambda cancel: completer.warm(ids, settings, cancel))
         if completion is None or not completion.text:
             self.shown.forget(key)
             return None
         self.shown.remember(key, cursor, completion)
+        self.while_idle(completer, cursor, completion, settings)
         return completion
+
+    def while_idle(
+        self, completer: Completer, cursor: Cursor, shown: Completion, settings: Settings
+    ) -> None:
+        """What the worker does until the next request: prefill the full prompt when a short
+        one answered, else the suggestion that follows if the user accepts this one."""
+        if (ids := shown.warm_ids) is not None:
+            self.scheduler.background(lambda cancel: completer.warm(ids, settings, cancel))
+            return
+        if shown.stop_reason == "typed-through" or shown.mode is None:
+            return  # its speculation ran (or runs) when it was first shown
+        if shown.replace_chars:
+            self.client.log(
+                f"accepting this suggestion replaces {shown.replace_chars} characters right of "
+                "the cursor: the prompt changes from its suffix on, so the next request would be "
+                "cold; it is computed now, while idle"
+            )
+        self.scheduler.background(
+            lambda cancel: completer.speculate(cursor, shown, settings, cancel)
+        )
 
     def forget(self, key: str) -> None:
         """The document `key` was closed: a generation for it stops, its request gets nothing."""

@@ -6,7 +6,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fim_lsp import gate
 from fim_lsp.availability import Availability
@@ -45,6 +45,17 @@ class Completion:
 MIN_COLD_TOKENS = 128
 
 
+@dataclass
+class Speculation:
+    """The suggestion computed, while idle, for the document as it would be after the user
+    accepts the one shown: answered at once when the next request's prompt is this one."""
+
+    prompt_ids: list[int]
+    mode: Mode
+    settings: Settings
+    completion: Completion
+
+
 def new_tokens_allowed(settings: Settings) -> int:
     return min(settings.max_new_tokens, settings.context_length // 2)
 
@@ -77,6 +88,7 @@ class Completer:
         self.backend = backend
         self.context_length = context_length  # tokens the model was trained on
         self.about = about or {}  # device, quantization, attention...: for status, logs, --json
+        self.speculation: Speculation | None = None
 
     @classmethod
     def load(
@@ -140,15 +152,16 @@ class Completer:
     ) -> Completion:
         """The suggestion at `cursor` (greedy when temperature is 0)."""
         started = time.perf_counter()
-        settings = settings or self.settings
-        # No longer prompts than the model was trained on, whatever contextLength says.
-        tokens = min(settings.context_length, self.context_length)
-        settings = dataclasses.replace(settings, context_length=tokens)
+        settings = self.effective(settings or self.settings)
         document = cursor.normalized()  # the model reads LF; the answer gets the file's endings
         mode, full = plan(self.tokenizer, settings, document, mode)
         if mode is None or full is None:
             return Completion("", stop_reason="gate")
         prompt, why = self.within_cold_budget(full, document, settings)
+        if (ready := self.speculated(prompt.ids, mode, settings)) is not None:
+            return dataclasses.replace(
+                ready, stop_reason="speculated", timings_ms={"total": elapsed_ms(started)}
+            )
         deadline = started + settings.max_time_ms / 1000 if settings.max_time_ms else None
         finisher = Finisher(self.tokenizer.decode, document, mode, deadline)
         options = GenerationOptions(
@@ -176,13 +189,40 @@ class Completer:
             drafted_tokens=generation.drafted,
             accepted_tokens=generation.accepted,
             stop_reason=generation.stop_reason,
-            timings_ms={
-                **generation.timings_ms,
-                "total": (time.perf_counter() - started) * 1000,
-            },
+            timings_ms={**generation.timings_ms, "total": elapsed_ms(started)},
             context=why,
             warm_ids=None if prompt is full else full.ids,
         )
+
+    def effective(self, settings: Settings) -> Settings:
+        """No longer prompts than the model was trained on, whatever contextLength says."""
+        tokens = min(settings.context_length, self.context_length)
+        return dataclasses.replace(settings, context_length=tokens)
+
+    def speculate(
+        self, cursor: Cursor, shown: Completion, settings: Settings, cancel: threading.Event
+    ) -> None:
+        """Compute the suggestion that follows when the user accepts `shown` at `cursor` (its
+        text inserted, the characters it replaces gone), for `complete` to answer at once."""
+        accepted = Cursor(
+            cursor.prefix + shown.text,
+            cursor.suffix[shown.replace_chars :],
+            cursor.language_id,
+            cursor.first_line,
+        )
+        # At full length: it runs while the worker is idle, and yields to any request.
+        completion = self.complete(accepted, cancel, settings=replace(settings, cold_budget_ms=0))
+        if completion.mode is not None and completion.stop_reason != "cancelled":
+            self.speculation = Speculation(
+                completion.prompt_ids, completion.mode, self.effective(settings), completion
+            )
+
+    def speculated(self, prompt: list[int], mode: Mode, settings: Settings) -> Completion | None:
+        """The speculated suggestion, when it was made for this very prompt, mode and settings."""
+        found, self.speculation = self.speculation, None  # used once, or stale
+        if found and (found.prompt_ids, found.mode, found.settings) == (prompt, mode, settings):
+            return found.completion
+        return None
 
     def within_cold_budget(
         self, full: Prompt, cursor: Cursor, settings: Settings
@@ -215,3 +255,7 @@ class Completer:
             max_new_tokens=1, end_id=self.tokenizer.eot_id, cache_memory_mb=settings.cache_memory_mb
         )
         self.backend.warm(ids, options, cancel)
+
+
+def elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
