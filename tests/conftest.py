@@ -12,6 +12,31 @@ from tests import tiny_model
 from tests.fake_vllm import FakeServer
 
 
+# Each test's tier, by where it lives (one place, so a new test file gets a tier by its folder or
+# by being listed here; the rest are `unit`). `pytest -m unit` is the fast tier (under a minute);
+# `python -m pytest` runs them all.
+TIERS = {
+    "editors": ("tests/editors/",),
+    "e2e": ("tests/e2e/", "tests/reliability/", "tests/team/", "tests/test_cli.py"),
+    "engine": tuple(
+        f"tests/test_{name}.py"
+        for name in (
+            "attention", "cpu_step", "demo_model", "engine", "linear", "memory", "native",
+            "neox", "weights",
+        )
+    ),
+    "quality": ("tests/test_evaluate.py", "tests/test_postprocess_humaneval.py"),
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).resolve().parents[1]
+    for item in items:
+        where = item.path.resolve().relative_to(root).as_posix()
+        tier = next((t for t, places in TIERS.items() if where.startswith(places)), "unit")
+        item.add_marker(tier)
+
+
 def needs_shared() -> None:
     if not tiny_model.TOKENIZER_20B.is_file():
         pytest.skip(f"needs {tiny_model.TOKENIZER_20B} (the shared assets folder beside the repo)")

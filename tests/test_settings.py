@@ -32,7 +32,17 @@ def test_every_setting_is_fully_declared():
         if setting.kind in (int, float):
             assert setting.minimum is not None and setting.maximum is not None, setting.name
     startup = {name for name, setting in SETTINGS.items() if setting.startup}
-    assert startup == {"model", "device", "quantization"}
+    team = {"backend", "api_key", "fallback", "cache_salt"}
+    assert startup == {"model", "device", "quantization"} | team
+
+
+def test_team_settings_reload_only_a_team_backend():
+    local = Settings()
+    assert not Settings(api_key="k").reloads_model(local)  # the local engine does not read it
+    assert Settings(backend="http://gpu:8000").reloads_model(local)
+    team = Settings(backend="http://gpu:8000")
+    assert Settings(backend="http://gpu:8000", api_key="k").reloads_model(team)
+    assert not Settings(backend="http://gpu:8000", max_new_tokens=5).reloads_model(team)
     assert SETTINGS["log_file"].nullable and not SETTINGS["model"].nullable
     assert (SETTINGS["cache_reuse"].kind, SETTINGS["temperature"].kind) == (bool, float)
 
