@@ -11,7 +11,6 @@ import pytest
 from tests import tiny_model
 from tests.fake_vllm import FakeServer
 
-
 # Each test's tier, by where it lives (one place, so a new test file gets a tier by its folder or
 # by being listed here; the rest are `unit`). `pytest -m unit` is the fast tier (under a minute);
 # `python -m pytest` runs them all.
