@@ -90,12 +90,16 @@ class BenchClient(LanguageClient):
             self.status = params._asdict() if hasattr(params, "_asdict") else dict(params)
 
 
-async def start_server(model: str, quantization: str, context_length: int) -> BenchClient:
+async def start_server(
+    model: str, quantization: str, context_length: int, checkout: Path | None = None
+) -> BenchClient:
+    """The server of this checkout, or of another (`checkout`: its fim_lsp comes first)."""
     client = BenchClient()
+    env = os.environ | ({"PYTHONPATH": str(checkout)} if checkout else {})
     await client.start_io(
         sys.executable, "-m", "fim_lsp", "serve", "--model", model,
         "--quantization", quantization, "--context-length", str(context_length),
-        "--max-time-ms", "0", "--debounce-ms", "0",
+        "--max-time-ms", "0", "--debounce-ms", "0", env=env,
     )  # fmt: skip
     await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities()))
     client.initialized(types.InitializedParams())
@@ -184,7 +188,7 @@ async def bench(args: argparse.Namespace) -> dict:
         tiny_model.build(RANDOM_MODEL, tiny_model.FULL, dtype="bfloat16")
     context_length = args.context + args.max_new_tokens
     load_started = time.perf_counter()
-    client = await start_server(args.model, args.quantization, context_length)
+    client = await start_server(args.model, args.quantization, context_length, args.checkout)
     load_s = time.perf_counter() - load_started
     peak_rss = server_peak_rss_gb(client)
     quantization = client.status.get("quantization") or "none"
@@ -228,6 +232,7 @@ async def bench(args: argparse.Namespace) -> dict:
     )
     return {
         "machine": machine(),
+        "checkout": str(args.checkout or ROOT),
         "model": os.path.relpath(args.model, ROOT) if Path(args.model).is_dir() else args.model,
         "quantization": quantization,
         "attention": attention,
@@ -322,6 +327,7 @@ def report(result: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['threads']} torch threads); Python {m['python']}, "
         f"torch {m['torch']}, transformers {m['transformers']}, bitsandbytes {m['bitsandbytes']}.",
+        f"Server: {result.get('checkout', '')}.",
         f"Model: {result['model']} ({result['quantization']}), about {result['context']} prompt tokens.",
         f"Attention: {result['attention']}.",
         f"Server load: {result['load_s']:.1f} s to ready, peak RSS {result['server_peak_rss_gb']:.2f} GB.",
@@ -369,6 +375,12 @@ def main() -> None:
     parser.add_argument("--scenarios", type=int, default=len(SCENARIOS))
     parser.add_argument("--pause", type=float, default=0.05, help="seconds between keystrokes")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument(
+        "--checkout",
+        type=Path,
+        help="run the server of another checkout (e.g. a worktree of an older commit), to "
+        "compare versions in one session",
+    )
     args = parser.parse_args()
     result = asyncio.run(bench(args))
     args.out.mkdir(parents=True, exist_ok=True)
