@@ -67,3 +67,31 @@ class Backend(Protocol):
         """Prefill `prompt` for the requests to come, stopping as soon as `cancel` is set (a
         backend that cannot, or need not, does nothing)."""
         ...
+
+
+class AtFullLength:
+    """For a backend that answers every prompt at full length and warms nothing ahead: a server
+    whose GPU prefills a prompt in milliseconds and keeps its own prefix cache."""
+
+    def prefill_ms_per_token(self) -> float | None:
+        return None
+
+    def cached_tokens(self, prompt: list[int]) -> int:
+        return 0
+
+    def warm(self, prompt: list[int], options: GenerationOptions, cancel: threading.Event) -> None:
+        return None
+
+
+def take(
+    token: int, ids: list[int], options: GenerationOptions, should_stop: Callable[[list[int]], bool]
+) -> str | None:
+    """Add a generated token to `ids`; the stop reason when the generation ends with it."""
+    if token == options.end_id:
+        return "end"
+    ids.append(token)
+    if should_stop(ids):
+        return "stop"
+    if len(ids) >= options.max_new_tokens:
+        return "length"
+    return None

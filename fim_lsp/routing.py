@@ -14,13 +14,21 @@ import time
 from collections.abc import Callable
 
 from fim_lsp.availability import Availability
-from fim_lsp.backend import Backend, BackendUnavailable, Generation, GenerationOptions
+from fim_lsp.backend import (
+    AtFullLength,
+    Backend,
+    BackendUnavailable,
+    Generation,
+    GenerationOptions,
+)
 
 log = logging.getLogger(__name__)
 
 
-class Routed:
-    """The team server, with a fallback: the Backend the pipeline runs when `backend` is a URL."""
+class Routed(AtFullLength):
+    """The team server, with a fallback: the Backend the pipeline runs when `backend` is a URL.
+    At full length while the server is down too: an outage is the exception, and the local
+    engine's measures would mislead the next request, which the server may answer again."""
 
     def __init__(
         self,
@@ -59,19 +67,6 @@ class Routed:
                 return generation
         self.probe_when_due()
         return self.answer_locally(prompt, options, should_stop, cancel)
-
-    # The team server answers at full length (team.py); while it is down, so does the fallback:
-    # the outage is the exception, and the local engine's own measures would mislead the next
-    # request, which the server may answer again.
-
-    def prefill_ms_per_token(self) -> float | None:
-        return None
-
-    def cached_tokens(self, prompt: list[int]) -> int:
-        return 0
-
-    def warm(self, prompt: list[int], options: GenerationOptions, cancel: threading.Event) -> None:
-        return None
 
     def answer_locally(
         self,

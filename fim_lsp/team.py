@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from fim_lsp.backend import BackendUnavailable, Generation, GenerationOptions
+from fim_lsp.backend import AtFullLength, BackendUnavailable, Generation, GenerationOptions, take
 from fim_lsp.paths import cache_folder
 
 API_KEY_VARIABLE = "FIM_LSP_API_KEY"  # the key from the environment keeps it out of editor settings
@@ -35,7 +35,7 @@ class ServedModel:
     max_model_len: int | None  # tokens of prompt plus completion
 
 
-class TeamBackend:
+class TeamBackend(AtFullLength):
     """A vLLM server's OpenAI-compatible completions, fed token ids: no server template or
     tokenizer ever reads user text. One HTTP client, so connections are reused."""
 
@@ -205,25 +205,8 @@ class TeamBackend:
     ) -> str | None:
         """Append streamed ids to `ids` with the local engine's stop rules; the stop reason."""
         for token in new_ids:
-            if token == options.end_id:
-                return "end"
-            ids.append(token)
-            if should_stop(ids):
-                return "stop"
-            if len(ids) >= options.max_new_tokens:
-                return "length"
-        return None
-
-    # A GPU server prefills a whole prompt in tens of milliseconds, and its own prefix cache
-    # keeps what it ran: prompts go at full length, and nothing needs warming ahead.
-
-    def prefill_ms_per_token(self) -> float | None:
-        return None
-
-    def cached_tokens(self, prompt: list[int]) -> int:
-        return 0
-
-    def warm(self, prompt: list[int], options: GenerationOptions, cancel: threading.Event) -> None:
+            if (reason := take(token, ids, options, should_stop)) is not None:
+                return reason
         return None
 
     def served_models(self) -> list[ServedModel]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from fim_lsp.backend import Generation, GenerationOptions
+from fim_lsp.backend import Generation, GenerationOptions, take
 from fim_lsp.engine.choices import Precision, machine_key, remembered
 from fim_lsp.engine.cpu_step import STEP_MAX_TOKENS, CpuStep
 from fim_lsp.engine.kv_cache import KVCache, PromptStore
@@ -143,13 +143,8 @@ class Engine:
         decided = [first]
         while True:
             token = decided.pop(0)
-            if token == options.end_id:
-                return "end"
-            generated.append(token)
-            if should_stop(generated):
-                return "stop"
-            if len(generated) >= options.max_new_tokens:
-                return "length"
+            if (reason := take(token, generated, options, should_stop)) is not None:
+                return reason
             if decided:
                 continue
             if cancel.is_set():
