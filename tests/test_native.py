@@ -19,6 +19,7 @@ def fresh_build(tmp_path, monkeypatch):
         cpu_step.load_kernel,
     )
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "shipped", lambda: None)  # as in a checkout, not a wheel
     for loader in loaders:
         loader.cache_clear()
     yield tmp_path / "fim-lsp"
@@ -88,3 +89,11 @@ def test_a_failed_build_is_not_tried_again_for_the_other_kernel(fresh_build, tmp
     assert "failed to build" in (attention.kernel_problem() or "")
     assert "failed to build" in (linear.kernel_problem() or "")
     assert calls.read_text().count("called") == 1
+
+
+def test_kernels_a_wheel_carries_are_loaded_without_a_compiler(fresh_build, tmp_path, monkeypatch):
+    shipped = native.build(tmp_path / "package")  # as setup.py builds them into the wheel
+    monkeypatch.setattr(native, "shipped", lambda: shipped)
+    monkeypatch.setenv("CC", "no-such-compiler")
+    assert linear.kernel_problem() is None
+    assert not list(fresh_build.glob("*.so"))  # nothing built into the cache folder

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
+import fim_lsp
 from fim_lsp.engine.choices import choose
 from fim_lsp.engine.kv_cache import KVCache
 from fim_lsp.engine.loading import load_weights
@@ -64,7 +65,7 @@ def test_the_engine_imports_no_transformers_internals_and_registers_nothing():
     code = "import sys, fim_lsp.engine, fim_lsp.server; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-    package = Path(__file__).parents[1] / "fim_lsp"
+    package = Path(fim_lsp.__file__).parent  # the checkout's, or the installed wheel's
     for file in package.rglob("*.py"):
         text = file.read_text()
         assert "from transformers." not in text and "import transformers." not in text, file

@@ -15,6 +15,8 @@ cache folder, keyed by the machine and the versions, so that a restart picks it 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import platform
@@ -159,31 +161,35 @@ def choose(device: str, quantization: str, int8: str | None = None) -> Precision
         return Precision(target, dtype, layers, f"8-bit {int8} linear layers on {target}")
     missing = {layers.name: layers.problem(target) for layers in OURS[target]}
     ours = next(layers for layers in OURS[target] if missing[layers.name] is None)
-    candidates = [ours] + ([BITSANDBYTES] if bitsandbytes_problem(target) is None else [])
-    winner, measured = timed_winner(candidates, target, dtype)
+    winner, measured = timed_winner(ours, target, dtype)
     notes = [f"no {name}: {problem}" for name, problem in missing.items() if problem]
     reason = f"8-bit {winner.name} linear layers on {target} ({'; '.join([measured, *notes])})"
     return Precision(target, dtype, winner, reason)
 
 
-def timed_winner(
-    candidates: list[Int8Layers], device: str, dtype: torch.dtype
-) -> tuple[Int8Layers, str]:
-    """The fastest of `candidates` here, and how that is known: remembered from an earlier start
-    on this machine with the same versions, or measured now (and remembered)."""
-    if len(candidates) == 1:
-        return candidates[0], "the only int8 layers that run here"
-    names = [layers.name for layers in candidates]
+def timed_winner(ours: Int8Layers, device: str, dtype: torch.dtype) -> tuple[Int8Layers, str]:
+    """`ours` or bitsandbytes, whichever is faster here, and how that is known: remembered from
+    an earlier start on this machine with the same versions (bitsandbytes not even imported
+    then), or measured now and remembered."""
+    installed = importlib.util.find_spec("bitsandbytes") is not None
     measured_now: list[bool] = []
 
     def measure() -> dict[str, float]:
         measured_now.append(True)
+        candidates = [ours]
+        if installed and bitsandbytes_problem(device) is None:
+            candidates.append(BITSANDBYTES)
+        if len(candidates) == 1:
+            return {ours.name: 0.0}  # the only int8 layers that run here: nothing to time
         return int8_rates(candidates, device, dtype)
 
-    rates = remembered(machine_key(device, names), measure)
-    if set(rates) != set(names):  # written by another version: measure again
-        rates = remembered(machine_key(device, names), measure, again=True)
-    winner = max(names, key=lambda name: rates[name])
+    key = machine_key(device, [ours.name, f"bitsandbytes installed: {installed}"])
+    rates = remembered(key, measure)
+    if ours.name not in rates or not set(rates) <= {ours.name, BITSANDBYTES.name}:
+        rates = remembered(key, measure, again=True)  # written by another version
+    winner = max(rates, key=lambda name: rates[name])
+    if len(rates) == 1:
+        return INT8_LAYERS[winner], "the only int8 layers that run here"
     measured = ", ".join(f"{name} {rate:.1f} GOP/s" for name, rate in rates.items())
     when = "measured" if measured_now else "measured at an earlier start"
     return INT8_LAYERS[winner], f"{when}: {measured}"
@@ -204,11 +210,9 @@ def remembered(key: str, measure: Callable[[], T], again: bool = False) -> T:
 def machine_key(device: str, names: list[str]) -> str:
     """What a timing depends on: the processor or GPU, the libraries, the kernels, and `names`
     (what was timed)."""
-    try:
-        import bitsandbytes
-
-        bnb = bitsandbytes.__version__
-    except Exception:
+    try:  # without importing it (seconds)
+        bnb = importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
         bnb = "none"
     if device == "cuda":
         processor = torch.cuda.get_device_name(0)

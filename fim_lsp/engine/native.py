@@ -1,7 +1,8 @@
 """The engine's C kernels (`attention.c`, `linear.c`): compiled into one library on first use.
 
-They are built with the system's C compiler (`CC`, default `cc`; about two seconds) and cached
-under ~/.cache/fim-lsp, keyed by their source and flags. Each kernel's module checks it against
+A platform wheel carries them built (setup.py); a source checkout builds them with the system's
+C compiler (`CC`, default `cc`; a few seconds) and caches them under ~/.cache/fim-lsp, keyed by
+their source and flags. Each kernel's module checks it against
 torch before first use and falls back to torch, with the reason, where it cannot run: no
 compiler, a CPU without AVX2, FMA and F16C, a system other than Linux x86-64, or a cache folder
 that cannot be written or loaded.
@@ -75,7 +76,7 @@ def build_and_load() -> ctypes.CDLL:
     if missing := CPU_FLAGS - cpu_flags():
         raise NativeError(f"the CPU lacks {', '.join(sorted(missing))}")
     try:
-        return ctypes.CDLL(str(build(cache_folder())))
+        return ctypes.CDLL(str(shipped() or build(cache_folder())))
     except OSError as error:  # an unwritable cache folder, or one mounted noexec
         raise NativeError(f"the C kernels cannot be built or loaded: {error}") from error
 
@@ -93,6 +94,13 @@ def recipe_digest() -> str:
     """A digest of the kernels' sources and flags: what a build (or a timing of it) depends on."""
     code = b"".join(file.read_bytes() for file in SOURCES + HEADERS)
     return hashlib.sha256(code + " ".join(BUILD_FLAGS).encode()).hexdigest()[:16]
+
+
+def shipped() -> Path | None:
+    """The kernels a platform wheel carries beside their sources (setup.py builds them), when
+    they are the build of these very sources and flags; a source checkout has none."""
+    library = Path(__file__).with_name(f"kernels-{recipe_digest()}.so")
+    return library if library.is_file() else None
 
 
 def build(folder: Path) -> Path:
