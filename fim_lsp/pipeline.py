@@ -94,13 +94,7 @@ class Completer:
             return Completion("", stop_reason="gate")
         max_new_tokens = new_tokens_allowed(settings)
         deadline = started + settings.max_time_ms / 1000 if settings.max_time_ms else None
-
-        def should_stop(ids: list[int]) -> bool:
-            out_of_time = deadline is not None and time.perf_counter() > deadline
-            if out_of_time and "\n" in self.tokenizer.decode(ids[-1:]):
-                return True  # end with the line just finished
-            return postprocess.stop_index(self.tokenizer.decode(ids), document, mode) is not None
-
+        finisher = postprocess.Finisher(self.tokenizer.decode, document, mode, deadline)
         self.engine.reuse_cache = settings.cache_reuse
         self.engine.draft_tokens = settings.draft_tokens
         generation = self.engine.generate(
@@ -108,14 +102,12 @@ class Completer:
             max_new_tokens,
             self.tokenizer.eot_id,
             temperature=settings.temperature,
-            should_stop=should_stop,
+            should_stop=finisher.should_stop,
             cancel=cancel,
         )
         raw = self.tokenizer.decode(generation.ids)
         cleaned = (
-            None
-            if generation.stop_reason == "cancelled"
-            else postprocess.clean(raw, document, mode)
+            None if generation.stop_reason == "cancelled" else finisher.suggestion(generation.ids)
         )
         text = cleaned.text.replace("\n", cursor.line_ending) if cleaned else ""
         timings = {**generation.timings_ms, "total": (time.perf_counter() - started) * 1000}
