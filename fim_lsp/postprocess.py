@@ -435,14 +435,22 @@ def dedent_cut(text: str, ctx: Context, final: bool) -> int | None:
 def block_indent(text: str, ctx: Context) -> int:
     """Columns: a later line indented less leaves the suggestion's block.
 
-    That is the cursor's block, except at column 0, where the cursor shows none: there, once
-    the suggestion's first line is indented, only a line at the outer level leaves (the code
-    after the cursor may be the body of a header the suggestion ends with, at any level).
+    On a blank line the editor indented, that is the cursor's block. Elsewhere the suggestion's
+    own first line of code says where it goes on: after code (a `return`) further out than the
+    cursor's block, at column 0 anywhere; but from inside a block, a line at the outer level
+    always leaves. (`leaves_suffix_indented` checks that the code after the cursor may still
+    follow the suggestion.)
     """
-    first = next((indent_of(line) for line in text.split("\n") if line.strip()), None)
-    if ctx.left or first is None:
+    if ctx.left and not ctx.left.strip():
         return ctx.block_indent
-    return min(first, 1)
+    pieces = text.split("\n")
+    own = pieces[1:] if ctx.left else pieces  # after code: the lines after the cursor's
+    first = next((indent_of(line) for line in own if line.strip()), None)
+    if first is None:
+        return ctx.block_indent
+    if not ctx.left:
+        return min(first, 1)
+    return max(min(first, ctx.block_indent), min(ctx.block_indent, 1))
 
 
 def stop_string_cut(text: str, ctx: Context) -> int | None:

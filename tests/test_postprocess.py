@@ -241,7 +241,12 @@ def test_dedent_cut_only_in_multi_line_mode_and_waits_for_whole_lines() -> None:
 @pytest.mark.parametrize(
     ("cursor", "text", "block"),
     [
-        ("def f():\n    x = 1|", "\nz()", 4),  # after code: the cursor's block
+        # after code: the cursor's block, or further out as the first line goes (after a
+        # `return`), but a line at the outer level leaves
+        ("def f():\n    x = 1|", "\n        y = 2", 4),
+        ("def f():\n    if x:\n        return 1|", "\n    y = 2", 4),
+        ("def f():\n    x = 1|", "\nz()", 1),
+        ("x = 1|", "\ny = 2", 0),
         ("def f():\n    |", "\nz()", 4),  # the editor indented the cursor: there
         # column 0: once the first line is indented, only the outer level leaves
         ("def f():\n    x = 1\n|", "    y = 2\nz()", 1),
