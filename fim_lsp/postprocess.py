@@ -405,9 +405,11 @@ def suffix_repeat_cut(text: str, ctx: Context, final: bool) -> int | None:
 
 
 def dedent_cut(text: str, ctx: Context, final: bool) -> int | None:
-    """Multi-line: stop at a line that leaves the cursor's block.
+    """Multi-line: stop at a line that leaves the suggestion's block (`block_indent`).
 
-    The block's own closing line (`}`, `end`) is kept when the suffix does not close it already.
+    At the level of the block's header, a clause (`else:`) goes on with the block's statement,
+    and the block's own closing line (`}`, `end`) is kept when the suffix does not close it
+    already.
     """
     if ctx.mode is not Mode.MULTI_LINE:
         return None

@@ -405,6 +405,14 @@ TWO = "function f() {\n  if (x) {\n    y();\n  }\n}\n"
             "        if x:\n          x = 2\n",
             "        if x:\n            x = 2\n",
         ),
+        # ...but not when a line would move to the other side of the suffix's next line:
+        # `i += 1` stays in the `while` body
+        (
+            "def f(arr):\n    if arr:\n        pass\n    x = 1\n\n|      i += 1\n    return ind\n",
+            "python",
+            "    i = 1\n    while i < len(arr):\n      if arr[i] < arr[i - 1]:\n        ind = i\n",
+            None,
+        ),
         # nothing indented in the file yet: the language's convention, or the model's own
         ("package main\n\nfunc main() {|", "go", "\n\tf()\n\tif x {\n\t\ty()\n\t}", None),
         ("package main\n\nfunc main() {|", "go", "\n    f()\n    if x {", "\n\tf()\n\tif x {"),
