@@ -383,6 +383,10 @@ class Case:
         return self.problem.program(text, replace_chars, self.cursor)
 
 
+# A run-on into code at a file's outer level that no stop string catches (the dedent must).
+OUTER_CODE = "\n\nprint({0.entry_point}())\n"
+
+
 def run_on_cases(problem: Problem) -> list[Case]:
     """The canonical middle alone, and followed by typical run-ons: the suffix's next lines; the
     suffix's first line and then new code at the outer level (the model leaves the function);
@@ -410,10 +414,6 @@ def leaves(problem: Problem, middle: str | None = None) -> str:
     upto = "".join(lines[: first_code + 1])
     upto += "" if upto.endswith("\n") or not upto else "\n"
     return (problem.middle if middle is None else middle) + upto + OUTER_CODE.format(problem)
-
-
-# Code at a file's outer level that no stop string catches (the dedent ends the suggestion).
-OUTER_CODE = "\n\nprint({0.entry_point}())\n"
 
 
 def editor_cursor_cases(problem: Problem) -> list[Case]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -237,7 +238,7 @@ def scan(text: str, language: Language, nesting: Nesting = ()) -> Scan:
         elif (
             language.comment_prefix
             and text.startswith(language.comment_prefix, index)
-            and not in_string(tuple(stack))  # interpolations hold short expressions
+            and not in_string(stack)  # in an interpolation it is code: the shell's `"${#x}"`
         ):
             comment = min(comment, index)
             line_end = text.find("\n", index)
@@ -270,7 +271,7 @@ def unbalanced(text: str, language: Language) -> int:
     return len(found.nesting) + len(found.closes_outer)
 
 
-def in_string(nesting: Nesting) -> bool:
+def in_string(nesting: Iterable[Frame]) -> bool:
     """Whether a point with this nesting is inside a string (its text or its interpolation)."""
     return any(frame.is_string for frame in nesting)
 
