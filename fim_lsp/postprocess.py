@@ -438,12 +438,14 @@ def block_indent(text: str, ctx: Context) -> int:
     """Columns: a later line indented less leaves the suggestion's block.
 
     On a blank line the editor indented, that is the cursor's block. Elsewhere the suggestion's
-    own first line of code says where it goes on: after code (a `return`) further out than the
-    cursor's block, at column 0 anywhere; but from inside a block, a line at the outer level
-    always leaves. (`leaves_suffix_indented` checks that the code after the cursor may still
-    follow the suggestion.)
+    own first line of code says where it goes on: at column 0 anywhere; after code where
+    indentation makes blocks, further out than the cursor's block (after a `return`; braces
+    leave a block with a closing line, which `dedent_cut` judges). But from inside a block, a
+    line at the outer level always leaves. (`leaves_suffix_indented` checks that the code after
+    the cursor may still follow the suggestion.)
     """
-    if ctx.left and not ctx.left.strip():
+    braces_after_code = bool(ctx.left.strip()) and ctx.language.block_style != "indent"
+    if braces_after_code or (ctx.left and not ctx.left.strip()):
         return ctx.block_indent
     pieces = text.split("\n")
     own = pieces[1:] if ctx.left else pieces  # after code: the lines after the cursor's

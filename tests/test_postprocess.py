@@ -225,6 +225,13 @@ def test_suffix_repeat_cut(cursor: str, text: str, final: bool, cut: int | None)
         # a clause at the header's level goes on with the block's statement
         ("if x:\n    |", "python", "a()\nelse:\n    b()\nc()\n", 18),
         ("if (x) {\n  |\n}", "javascript", "a();\n} else {\n  b();\n}\n", 21),
+        # ...after code too: the `} else {` line is no block of its own
+        (
+            "function f(x) {\n  if (x < 0) {\n    return -1;|\n  }\n}",
+            "javascript",
+            "\n  } else {\n    return 1;\n  }\n}\n",
+            26,
+        ),
         # column 0 of an empty line: the first line shows the block
         ("def f():\n    x = 1\n|\n", "python", "    y = 2\nprint(y)\n", 10),
     ],
