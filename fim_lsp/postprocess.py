@@ -469,14 +469,14 @@ def stop_string_cut(text: str, ctx: Context) -> int | None:
 def repeated_lines_cut(text: str, ctx: Context) -> int | None:
     """Keep one copy of a block of lines that the output repeats LINE_COPIES times in a row.
 
-    The first line is the cursor's line: after blank space it counts with that indentation;
-    after code, both with that code and as the model's text alone may start a loop.
+    The first line is the cursor's line: a loop may start with it whole (with the indentation
+    or code left of the cursor) or with the model's part of it alone.
     """
     pieces = text.split("\n")[:-1]  # complete lines only
     if not pieces:
         return None
     starts = list(itertools.accumulate((len(piece) + 1 for piece in pieces), initial=0))
-    firsts = {ctx.left + pieces[0]} | ({pieces[0]} if ctx.left.strip() else set())
+    firsts = {ctx.left + pieces[0], pieces[0]}
     cuts = [loop_of_lines([first, *pieces[1:]]) for first in firsts]
     return min((starts[cut] for cut in cuts if cut is not None), default=None)
 

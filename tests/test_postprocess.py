@@ -307,7 +307,8 @@ def test_stop_string_cut(language_id: str, text: str, cut: int | None) -> None:
         ("|", "}\n  }\n}\n", None),
         # on an indented empty line, the first line has the cursor's indentation
         ("def f():\n    |", "x()\n    x()\n    x()\n    x()\n    x()\n", 4),
-        ("def f():\n    |", "x()\nx()\nx()\n", None),  # at another indentation
+        ("def f():\n    |", "x()\n    x()\n    y()\n", None),  # twice
+        ("def f():\n  |", "  x()\n  x()\n  x()\n", 6),  # ...or the model's part alone
         # after code: the whole line, or the model's part of it, starts the loop
         ("x = |", "1\nx = 1\nx = 1\nx = 1\n", 2),
         ("x = |", "1\n1\n1\n", 2),
