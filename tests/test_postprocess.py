@@ -86,6 +86,19 @@ def test_indent_unit(lines: list[str], language_id: str, unit: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("lines", "chars"),
+    [
+        (["func f() {", "\treturn 1", "}"], "\t"),
+        (["def f():", "    return 1"], " "),
+        (["x = 1", "y = 2"], ""),  # nothing indented: no evidence
+        (["def f():", "\tx", "    y", "    z"], " "),  # the most lines win
+    ],
+)
+def test_indent_chars(lines: list[str], chars: str) -> None:
+    assert pp.indent_chars(lines) == chars
+
+
+@pytest.mark.parametrize(
     ("text", "language_id", "block", "header"),
     [
         ("def f():|", "python", 1, "def f():"),  # the body is deeper
