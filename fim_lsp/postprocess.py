@@ -90,7 +90,7 @@ class Finisher:
 
     `decode` turns token ids into text (a byte-level BPE tokenizer's decode: a character's bytes
     may be split over tokens). `cursor` has LF line endings. `deadline` is a time.perf_counter()
-    value (the maxTimeMs rule): past it, decoding stops at the end of the next complete line.
+    value (the maxTimeMs rule): past it, decoding stops at the end of the line being written.
     """
 
     def __init__(
@@ -165,7 +165,7 @@ class Finisher:
             self.overtime = new_from
         cuts = [
             earliest_cut(self.text, self.context, final=False),
-            cut_by(time_budget_cut, self.text, self.overtime),
+            cut_by(time_budget_cut, self.text, self.context, self.overtime),
         ]
         return min((cut for cut in cuts if cut), key=lambda cut: cut.index, default=None)
 
@@ -305,12 +305,17 @@ def cut_by(rule: Callable[..., int | None], *args: object) -> Cut | None:
     return None if index is None else Cut(index, rule)
 
 
-def time_budget_cut(text: str, overtime: int | None) -> int | None:
-    """Once the time budget ran out (at index `overtime` of the text), the end of that line."""
+def time_budget_cut(text: str, ctx: Context, overtime: int | None) -> int | None:
+    """Once the time budget ran out (at index `overtime` of the text), the end of the line
+    being written: the first line end after it where the suggestion's brackets are closed."""
     if overtime is None:
         return None
-    line_end = text.find("\n", overtime)
-    return None if line_end < 0 else line_end
+    for match in re.finditer("\n", text[overtime:]):
+        end = overtime + match.start()
+        found = scan(text[:end], ctx.language, ctx.left_nesting)
+        if len(found.nesting) == found.inherited:
+            return end
+    return None
 
 
 def control_token_cut(text: str) -> int | None:

@@ -286,10 +286,11 @@ def test_block_indent(cursor: str, text: str, block: int) -> None:
         ("ab\ncd\n", 0, 2),  # late from the start: the first line ends it
         ("ab\ncd\n", 3, 5),  # late during the second line
         ("ab", 0, None),  # the line is not finished yet
+        ("f(a,\n  b)\nc\n", 0, 9),  # a line ends where its brackets close
     ],
 )
 def test_time_budget_cut(text: str, overtime: int | None, cut: int | None) -> None:
-    assert pp.time_budget_cut(text, overtime) == cut
+    assert pp.time_budget_cut(text, ctx("|"), overtime) == cut
 
 
 @pytest.mark.parametrize(
@@ -700,19 +701,23 @@ def test_finisher_reads_line_endings_as_lf() -> None:
     ("late_from", "expected"),
     [
         (None, "a = (1 +\n        2)\n    b = 3\n    c = 4"),  # never late
-        (0, "a = (1 +"),  # late from the start: the line being written ends the suggestion
-        (2, "a = (1 +\n        2)"),  # late while the second line is being written
+        (0, "a = (1 +\n        2)"),  # late from the start: that line (to its `)`) ends it
+        (3, "a = (1 +\n        2)\n    b = 3"),  # late while the next line is being written
     ],
 )
 def test_finisher_ends_at_the_next_line_end_past_the_deadline(
     monkeypatch: pytest.MonkeyPatch, late_from: int | None, expected: str
 ) -> None:
-    """maxTimeMs: past the deadline, the line being written is finished and nothing more."""
+    """maxTimeMs: past the deadline, the line being written is finished (its brackets closed)
+    and nothing more."""
     pieces = ["a = (1 +", "\n        2", ")\n    b = 3", "\n    c = 4\n"]
     clock = iter(range(100))
     monkeypatch.setattr(pp.time, "perf_counter", lambda: next(clock))
     deadline = None if late_from is None else late_from - 0.5  # the clock reads 0, 1, 2...
-    decode = lambda ids: "".join(pieces[i] for i in ids)  # noqa: E731
+
+    def decode(ids: list[int]) -> str:
+        return "".join(pieces[i] for i in ids)
+
     finisher = Finisher(decode, at("def f():\n    |"), MULTI, deadline)
     assert feed(finisher, list(range(len(pieces))))[0] == Suggestion(expected)
 
