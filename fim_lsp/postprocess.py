@@ -68,8 +68,9 @@ class Context:
     line_start: bool
     # The next non-blank lines after the cursor (at most SUFFIX_LINES of them).
     suffix_lines: tuple[str, ...]
-    block_indent: int  # columns: a later line indented less leaves the cursor's block (see
-    # `block_indent`: at column 0 the suggestion's first line decides)
+    # Columns: a later line indented less leaves the cursor's block. (The suggestion's own
+    # block may differ: see `block_indent`.)
+    block_indent: int
     # The lines above the cursor (its own too when it has code left of the cursor), nearest
     # last: where the header of a block is found.
     above: tuple[str, ...]
@@ -714,17 +715,24 @@ def closing_overlap(text: str, ctx: Context) -> int:
     line is only closers (an auto-closed `)`, `"]`, `);`, `}")`).
 
     The suggestion replaces closers it types itself instead of leaving a duplicate: of the
-    starts of the rest of the line whose characters it types (in order), the longest of those
-    that leave the line least unbalanced (an outer call keeps its `)`).
+    starts of the rest of the line that it types (in order, from where it first closes what was
+    open at the cursor; or only trailing punctuation like `;` when it closes nothing), the
+    longest of those that leave the line least unbalanced (an outer call keeps its `)`).
     """
     right = ctx.right.rstrip()
     if ctx.line_start or not right.strip() or code_right(ctx):
         return 0
+    closes = scan(text, ctx.language, ctx.left_nesting).closes_outer
+    if closes:
+        tail = text[closes[0] :].split("\n")[0]
+    else:
+        last_line = text[text.rfind("\n") + 1 :]
+        tail = last_line[len(last_line.rstrip(";,.:")) :]
     typed = [
         count
         for count in range(len(right), 0, -1)
         if not right[count - 1].isspace()
-        and types_in_order(text, [char for char in right[:count] if not char.isspace()])
+        and types_in_order(tail, [char for char in right[:count] if not char.isspace()])
     ]
     return min([*typed, 0], key=lambda count: unbalanced_with(ctx, text, count))
 
