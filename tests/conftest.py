@@ -1,4 +1,5 @@
-"""Shared fixtures: the real tokenizer from ../shared and tiny models built through save_pretrained."""
+"""Shared fixtures: the real tokenizer from ../shared, the demo model's, and tiny models built
+through save_pretrained."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ from pathlib import Path
 import pytest
 
 from tests import tiny_model
+
+DEMO_TOKENIZER = (
+    Path(__file__).resolve().parents[1] / "fim_lsp" / "models" / "demo" / "tokenizer.json"
+)
 
 
 def needs_shared() -> None:
@@ -29,3 +34,11 @@ def fim_tokenizer():
     from tokenizers import Tokenizer
 
     return FimTokenizer(Tokenizer.from_str(tiny_model.fim_tokenizer_json()))
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer():
+    """The demo model's byte-level BPE tokenizer: it ships in the package, needs nothing else."""
+    from fim_lsp.prompt import FimTokenizer
+
+    return FimTokenizer.from_file(DEMO_TOKENIZER)

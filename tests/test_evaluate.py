@@ -34,7 +34,6 @@ from fim_lsp.postprocess import Suggestion
 from fim_lsp.prompt import FimTokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "assets" / "human-eval-infilling"
-DEMO_TOKENIZER = Path(cli.__file__).parent / "models" / "demo" / "tokenizer.json"
 
 PROBLEM = Problem(
     task_id="Toy/0",
@@ -212,11 +211,10 @@ def test_editor_cursor_cases() -> None:
     assert editor_cursor_cases(dataclasses.replace(PROBLEM, prefix="def unique(l): ")) == []
 
 
-def test_finish_feeds_the_raw_text_token_by_token() -> None:
+def test_finish_feeds_the_raw_text_token_by_token(demo_tokenizer: FimTokenizer) -> None:
     """The check's path is the server's: a Finisher, asked after every token."""
-    tokenizer = FimTokenizer.from_file(DEMO_TOKENIZER)
     case = {case.variant: case for case in run_on_cases(PROBLEM)}["editor cursor, run-on"]
-    found = finish(case, Mode.MULTI_LINE, tokenizer)
+    found = finish(case, Mode.MULTI_LINE, demo_tokenizer)
     assert found == Suggestion("return sorted(set(l))")
     assert run_program(case.program(found.text, found.replace_chars)).passed
     assert not run_program(case.program(case.raw, 0)).passed

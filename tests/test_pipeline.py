@@ -5,20 +5,13 @@ real engine runs the same path in test_cli.py and the end-to-end tests."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from fim_lsp.document import Cursor
 from fim_lsp.engine import Generation
 from fim_lsp.pipeline import Completer
 from fim_lsp.prompt import FimTokenizer
 from fim_lsp.settings import Settings
-
-DEMO_TOKENIZER = (
-    Path(__file__).resolve().parents[1] / "fim_lsp" / "models" / "demo" / "tokenizer.json"
-)
 
 
 class ScriptedEngine:
@@ -46,11 +39,6 @@ class ScriptedEngine:
         return Generation(generated, len(prompt), 0, stop_reason)
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> FimTokenizer:
-    return FimTokenizer.from_file(DEMO_TOKENIZER)
-
-
 def complete(
     tokenizer: FimTokenizer, cursor: Cursor, raw: str, cancel: threading.Event | None = None
 ):
@@ -58,31 +46,31 @@ def complete(
     return Completer(Settings(max_time_ms=0), tokenizer, engine).complete(cursor, cancel)
 
 
-def test_decoding_stops_where_the_finisher_cuts(tokenizer: FimTokenizer) -> None:
+def test_decoding_stops_where_the_finisher_cuts(demo_tokenizer: FimTokenizer) -> None:
     suffix = "\n    return total\n\n\ndef main():\n    pass\n"
     cursor = Cursor("def f(xs):\n    total = 0\n    ", suffix, "python")
     raw = "for x in xs:\n        total += x\n    return total\n\n\nprint(f([1]))\nprint(2)\n"
-    found = complete(tokenizer, cursor, raw)
+    found = complete(demo_tokenizer, cursor, raw)
     assert found.stop_reason == "stop"
-    assert found.generated_tokens < len(tokenizer.encode(raw))
+    assert found.generated_tokens < len(demo_tokenizer.encode(raw))
     assert found.text == "for x in xs:\n        total += x"
 
 
-def test_the_suggestion_gets_the_documents_line_endings(tokenizer: FimTokenizer) -> None:
+def test_the_suggestion_gets_the_documents_line_endings(demo_tokenizer: FimTokenizer) -> None:
     cursor = Cursor("def f(items):\r\n    count = 0\r\n    ", "\r\n    return count\r\n", "python")
     raw = "for item in items:\n        count += 1\n    return count\n"
-    assert complete(tokenizer, cursor, raw).text == "for item in items:\r\n        count += 1"
+    assert complete(demo_tokenizer, cursor, raw).text == "for item in items:\r\n        count += 1"
 
 
 def test_a_closer_overlap_on_a_crlf_line_replaces_the_same_characters(
-    tokenizer: FimTokenizer,
+    demo_tokenizer: FimTokenizer,
 ) -> None:
-    found = complete(tokenizer, Cursor("foo(", ")\r\nx\r\n", "python"), "a)\n")
+    found = complete(demo_tokenizer, Cursor("foo(", ")\r\nx\r\n", "python"), "a)\n")
     assert (found.text, found.replace_chars) == ("a)", 1)
 
 
-def test_a_cancelled_generation_suggests_nothing(tokenizer: FimTokenizer) -> None:
+def test_a_cancelled_generation_suggests_nothing(demo_tokenizer: FimTokenizer) -> None:
     cancel = threading.Event()
     cancel.set()
-    found = complete(tokenizer, Cursor("x = ", "\n", "python"), "1\n", cancel)
+    found = complete(demo_tokenizer, Cursor("x = ", "\n", "python"), "1\n", cancel)
     assert (found.text, found.stop_reason) == ("", "cancelled")

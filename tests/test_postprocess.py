@@ -17,7 +17,6 @@ from fim_lsp.prompt import FimTokenizer
 
 SINGLE, MULTI = Mode.SINGLE_LINE, Mode.MULTI_LINE
 GOLDEN = Path(__file__).parent / "golden"
-DEMO_TOKENIZER = Path(pp.__file__).parent / "models" / "demo" / "tokenizer.json"
 
 
 def at(text: str, language_id: str = "python") -> Cursor:
@@ -28,12 +27,6 @@ def at(text: str, language_id: str = "python") -> Cursor:
 
 def ctx(text: str, mode: Mode = MULTI, language_id: str = "python") -> pp.Context:
     return context(at(text, language_id), mode)
-
-
-@pytest.fixture(scope="module")
-def demo_tokenizer() -> FimTokenizer:
-    """The demo model's byte-level BPE tokenizer: it ships in the package, needs nothing else."""
-    return FimTokenizer.from_file(DEMO_TOKENIZER)
 
 
 @pytest.fixture(params=["demo", "gpt-neox-20b"])

@@ -18,9 +18,6 @@ from fim_lsp.evaluate import SUBSETS, Problem, check_postprocessing, load_proble
 from fim_lsp.prompt import FimTokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "assets" / "human-eval-infilling"
-DEMO_TOKENIZER = (
-    Path(__file__).resolve().parents[1] / "fim_lsp" / "models" / "demo" / "tokenizer.json"
-)
 SAMPLE = 150  # problems per subset: every n-th, so the test stays around a minute
 
 # (subset, lowest pass rate with post-processing over all variants)
@@ -40,12 +37,13 @@ def every_nth(problems: list[Problem], count: int) -> list[Problem]:
 
 
 @pytest.mark.parametrize(("subset", "floor"), FLOORS)
-def test_post_processing_keeps_programs_passing(subset: str, floor: float) -> None:
+def test_post_processing_keeps_programs_passing(
+    subset: str, floor: float, demo_tokenizer: FimTokenizer
+) -> None:
     if not DATA.is_dir():
         pytest.skip(f"needs {DATA} (the shared assets folder beside the repo)")
     problems = every_nth(load_problems(DATA, subset), SAMPLE)
-    tokenizer = FimTokenizer.from_file(DEMO_TOKENIZER)
-    rates = check_postprocessing(problems, SUBSETS[subset][1], tokenizer)
+    rates = check_postprocessing(problems, SUBSETS[subset][1], demo_tokenizer)
     # Correct output passes through untouched, at the benchmark's cursor and at an editor's...
     assert rates["canonical"]["on"] >= floor
     if "editor cursor" in rates:
