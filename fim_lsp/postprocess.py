@@ -715,32 +715,29 @@ def closing_overlap(text: str, ctx: Context) -> int:
     line is only closers (an auto-closed `)`, `"]`, `);`, `}")`).
 
     The suggestion replaces closers it types itself instead of leaving a duplicate: of the
-    starts of the rest of the line that it types (in order, from where it first closes what was
-    open at the cursor; or only trailing punctuation like `;` when it closes nothing), the
-    longest of those that leave the line least unbalanced (an outer call keeps its `)`).
+    starts of the rest of the line that it types (in order; punctuation like `;` only from where
+    it first closes what was open at the cursor, or at its very end), the longest of those that
+    leave the line least unbalanced (an outer call keeps its `)`).
     """
     right = ctx.right.rstrip()
     if ctx.line_start or not right.strip() or code_right(ctx):
         return 0
-    closes = scan(text, ctx.language, ctx.left_nesting).closes_outer
-    if closes:
-        tail = text[closes[0] :].split("\n")[0]
-    else:
-        last_line = text[text.rfind("\n") + 1 :]
-        tail = last_line[len(last_line.rstrip(";,.:")) :]
     typed = [
         count
         for count in range(len(right), 0, -1)
-        if not right[count - 1].isspace()
-        and types_in_order(tail, [char for char in right[:count] if not char.isspace()])
+        if not right[count - 1].isspace() and types_in_order(text, right[:count], ctx)
     ]
     return min([*typed, 0], key=lambda count: unbalanced_with(ctx, text, count))
 
 
-def types_in_order(text: str, chars: list[str]) -> bool:
+def types_in_order(text: str, closers: str, ctx: Context) -> bool:
+    """Whether `text` types the (non-space) characters of `closers` in order."""
+    closes = scan(text, ctx.language, ctx.left_nesting).closes_outer
+    punctuation_from = closes[0] if closes else len(text.rstrip(";,.:"))
     position = 0
-    for char in chars:
-        position = text.find(char, position) + 1
+    for char in closers.replace(" ", "").replace("\t", ""):
+        start = max(position, punctuation_from) if char in ";,.:" else position
+        position = text.find(char, start) + 1
         if position == 0:
             return False
     return True

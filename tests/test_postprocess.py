@@ -530,6 +530,7 @@ def test_trim_end(cursor: str, text: str, expected: str) -> None:
         ("x = foo(|);", "javascript", "1)", 1),
         ("x = |;", "javascript", "1;", 1),  # plain punctuation
         ("x = |;", "javascript", "a; b", 0),  # ...only at the end
+        ("re|)", "python", "turn sorted(x)", 1),  # the line's unmatched `)` is typed again
         ("arr[|]", "javascript", "i]", 1),
         ("function f() {|}", "javascript", "\n  return 1;\n}", 1),
         ("foo(|)  ", "python", "a)", 1),  # trailing spaces right of the closers stay
