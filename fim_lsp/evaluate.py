@@ -20,13 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fim_lsp import postprocess, sandbox
+from fim_lsp import sandbox
 from fim_lsp.documents import Cursor
+from fim_lsp.errors import FimLspError
 from fim_lsp.gate import Mode
+from fim_lsp.postprocess import Finisher, Suggestion
 from fim_lsp.sandbox import Isolation, Limits, Sandbox
 
 if TYPE_CHECKING:
     from fim_lsp.pipeline import Completer
+    from fim_lsp.prompt import FimTokenizer
     from fim_lsp.settings import Settings
 
 SUBSETS = {
@@ -421,10 +424,15 @@ class Case:
         return self.problem.program(text, replace_chars, self.cursor)
 
 
+# A run-on into code at a file's outer level that no stop string catches (the dedent must).
+OUTER_CODE = "\n\nprint({0.entry_point}())\n"
+
+
 def run_on_cases(problem: Problem) -> list[Case]:
-    """The canonical middle alone, and followed by typical run-ons: the suffix's next lines, the
-    last line looping, and (where the middle ends in a closing bracket that an editor would
-    have auto-closed) the bracket once more."""
+    """The canonical middle alone, and followed by typical run-ons: the suffix's next lines; the
+    suffix's first line and then new code at the outer level (the model leaves the function);
+    the last line looping; and where they apply, the cursor after an auto-closed bracket and an
+    editor's cursor on an empty indented line."""
     suffix_head = "".join(problem.suffix.splitlines(keepends=True)[:3])
     last_line = problem.middle.splitlines(keepends=True)[-1] if problem.middle else ""
     if last_line and not last_line.endswith("\n"):
@@ -432,10 +440,40 @@ def run_on_cases(problem: Problem) -> list[Case]:
     cases = [
         Case("canonical", problem, problem.cursor, problem.middle),
         Case("suffix run-on", problem, problem.cursor, problem.middle + suffix_head),
+        Case("suffix line, then outer code", problem, problem.cursor, leaves(problem)),
         Case("looping last line", problem, problem.cursor, problem.middle + last_line * 4),
     ]
-    auto_closed = auto_closed_case(problem, suffix_head)
-    return [*cases, auto_closed] if auto_closed else cases
+    optional = [auto_closed_case(problem, suffix_head), *editor_cursor_cases(problem)]
+    return cases + [case for case in optional if case]
+
+
+def leaves(problem: Problem, middle: str | None = None) -> str:
+    """The middle, the suffix up to its first line of code, then code at the outer level: the
+    model writes the line that is already below and leaves the function."""
+    lines = problem.suffix.splitlines(keepends=True)
+    first_code = next((n for n, line in enumerate(lines) if line.strip()), len(lines))
+    upto = "".join(lines[: first_code + 1])
+    upto += "" if upto.endswith("\n") or not upto else "\n"
+    return (problem.middle if middle is None else middle) + upto + OUTER_CODE.format(problem)
+
+
+def editor_cursor_cases(problem: Problem) -> list[Case]:
+    """Where the middle is whole lines of one indented block: the cursor on an empty line that
+    the editor indented as the middle's first line, with the line's newline right of it. The
+    model writes the middle without that indentation, alone and running on. (A middle that
+    leaves its first line's block is more than the one block a suggestion there offers.)"""
+    middle = problem.middle
+    indent = middle[: len(middle) - len(middle.lstrip(" \t"))]
+    at_line_start = problem.prefix == "" or problem.prefix.endswith("\n")
+    one_block = all(line.startswith(indent) for line in middle.splitlines() if line.strip())
+    if not (indent and middle.strip() and middle.endswith("\n") and at_line_start and one_block):
+        return []
+    cursor = Cursor(problem.prefix + indent, "\n" + problem.suffix, "python")
+    own = middle[len(indent) :]
+    return [
+        Case("editor cursor", problem, cursor, own),
+        Case("editor cursor, run-on", problem, cursor, leaves(problem, own)),
+    ]
 
 
 def auto_closed_case(problem: Problem, suffix_head: str) -> Case | None:
@@ -469,9 +507,22 @@ def auto_closed_case(problem: Problem, suffix_head: str) -> Case | None:
     return Case("auto-closed bracket", problem, cursor, problem.middle[opened:] + suffix_head)
 
 
+def finish(case: Case, mode: Mode, tokenizer: FimTokenizer) -> Suggestion | None:
+    """What the server shows when the model generates `case.raw`: its tokens fed one by one
+    to the server's Finisher, stopping where the server stops."""
+    finisher = Finisher(tokenizer.decode, case.cursor.normalized(), mode)
+    generated: list[int] = []
+    for token in tokenizer.encode(case.raw):
+        generated.append(token)
+        if finisher.should_stop(generated):
+            break
+    return finisher.suggestion(generated)
+
+
 def check_postprocessing(
     problems: Sequence[Problem],
     mode: Mode,
+    tokenizer: FimTokenizer,
     timeout: float = CHECK_TIMEOUT_S,
     isolation: Isolation | None = None,
 ) -> dict[str, dict[str, float]]:
@@ -479,7 +530,7 @@ def check_postprocessing(
     cases = [case for problem in problems for case in run_on_cases(problem)]
     pairs = []  # (variant, program with post-processing, program with the raw text)
     for case in cases:
-        suggestion = postprocess.clean(case.raw, case.cursor, mode)
+        suggestion = finish(case, mode, tokenizer)
         text, replace_chars = (suggestion.text, suggestion.replace_chars) if suggestion else ("", 0)
         pairs.append((case.variant, case.program(text, replace_chars), case.program(case.raw, 0)))
     # Many variants end as the same program: run each program once.
@@ -545,11 +596,13 @@ def add_parser(
     check = benchmarks.add_parser(
         "postprocess-check",
         help="no model: canonical middles plus typical run-ons, post-processing on and off",
-        description="Without a model: run each problem's canonical middle, and the middle "
-        "followed by what models typically run on with, with post-processing on and off; "
-        f"report the pass rates. {SANDBOX_HELP}",
+        description="Feed each problem's canonical middle, alone and followed by what models "
+        "run on with, token by token through the server's post-processing (stopping where the "
+        "server stops); execute the programs with the suggestion and with the raw text. Needs "
+        f"only the tokenizer of --model (demo: the one shipped in the package). {SANDBOX_HELP}",
     )
     add_data_flags(check)
+    check.add_argument("--model", default=argparse.SUPPRESS, help="whose tokenizer to use")
     check.set_defaults(run=run)
     for benchmark in (model, check):
         benchmark.add_argument(
@@ -583,20 +636,29 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if isolation is None:
         return 1
     if args.benchmark == "postprocess-check":
-        rates = check_postprocessing(problems, SUBSETS[args.subset][1], isolation=isolation)
+        from fim_lsp.engine import resolve_model
+        from fim_lsp.prompt import FimTokenizer
+
+        try:
+            folder = resolve_model(settings.model, tokenizer_only=True)
+            tokenizer = FimTokenizer.from_file(folder / "tokenizer.json")
+        except FimLspError as error:
+            print(f"fim-lsp eval: {error}", file=sys.stderr)
+            return 1
+        rates = check_postprocessing(
+            problems, SUBSETS[args.subset][1], tokenizer, isolation=isolation
+        )
         report: dict[str, Any] = {"subset": args.subset, "problems": len(problems), "rates": rates}
         table = check_markdown(args.subset, rates)
     else:
         if args.samples < 1:
             print("fim-lsp eval: --samples must be at least 1", file=sys.stderr)
             return 1
-        from fim_lsp.engine import EngineError
         from fim_lsp.pipeline import Completer
-        from fim_lsp.prompt import TokenizerError
 
         try:
             completer = Completer.load(settings)
-        except (EngineError, TokenizerError) as error:
+        except FimLspError as error:
             print(f"fim-lsp eval: {error}", file=sys.stderr)
             return 1
         report = evaluate(

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real tokenizer from ../shared and tiny models built through save_pretrained."""
+"""Shared fixtures: the real tokenizer from ../shared, the demo model's, and tiny models built
+through save_pretrained."""
 
 from __future__ import annotations
 
@@ -67,3 +68,11 @@ def fake_vllm() -> Iterator[FakeServer]:
     yield fake
     fake.shutdown()
     fake.server_close()
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer():
+    """The demo model's byte-level BPE tokenizer: it ships in the package, needs nothing else."""
+    from tests.fakes import DEMO_TOKENIZER
+
+    return DEMO_TOKENIZER

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -11,11 +12,15 @@ import pytest
 
 from fim_lsp import cli
 from fim_lsp.evaluate import (
+    OUTER_CODE,
     SUBSETS,
     Outcome,
     Problem,
     auto_closed_case,
     check_markdown,
+    editor_cursor_cases,
+    finish,
+    leaves,
     load_problems,
     markdown,
     pass_at_k,
@@ -24,6 +29,9 @@ from fim_lsp.evaluate import (
     run_programs,
     same_code,
 )
+from fim_lsp.gate import Mode
+from fim_lsp.postprocess import Suggestion
+from fim_lsp.prompt import FimTokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "assets" / "human-eval-infilling"
 
@@ -180,8 +188,36 @@ def test_run_on_cases() -> None:
     variants = {case.variant: case.raw for case in run_on_cases(PROBLEM)}
     assert variants["canonical"] == PROBLEM.middle
     assert variants["suffix run-on"] == PROBLEM.middle + "\n"
+    assert variants["suffix line, then outer code"] == PROBLEM.middle + "\n\n\nprint(unique())\n"
     assert variants["looping last line"] == PROBLEM.middle * 5
-    assert "auto-closed bracket" in variants
+    assert {"auto-closed bracket", "editor cursor", "editor cursor, run-on"} <= set(variants)
+
+
+def test_the_outer_code_run_on_repeats_the_suffix_up_to_its_first_line_of_code() -> None:
+    problem = dataclasses.replace(PROBLEM, suffix="\n    return x\n    y = 1\n")
+    assert leaves(problem) == PROBLEM.middle + "\n    return x\n" + OUTER_CODE.format(problem)
+
+
+def test_editor_cursor_cases() -> None:
+    """The cursor on an empty line the editor indented, the line's own newline right of it."""
+    cases = {case.variant: case for case in editor_cursor_cases(PROBLEM)}
+    alone = cases["editor cursor"]
+    assert (alone.cursor.prefix, alone.cursor.suffix) == ("def unique(l):\n    ", "\n\n")
+    assert alone.raw == "return sorted(set(l))\n"
+    assert alone.program("return sorted(set(l))", 0) == PROBLEM.program(PROBLEM.middle)
+    assert cases["editor cursor, run-on"].raw.startswith(alone.raw + "\n")
+    # a middle that starts mid-line, or a cursor that is not at a line start: no such case
+    assert editor_cursor_cases(dataclasses.replace(PROBLEM, middle="sorted(l)")) == []
+    assert editor_cursor_cases(dataclasses.replace(PROBLEM, prefix="def unique(l): ")) == []
+
+
+def test_finish_feeds_the_raw_text_token_by_token(demo_tokenizer: FimTokenizer) -> None:
+    """The check's path is the server's: a Finisher, asked after every token."""
+    case = {case.variant: case for case in run_on_cases(PROBLEM)}["editor cursor, run-on"]
+    found = finish(case, Mode.MULTI_LINE, demo_tokenizer)
+    assert found == Suggestion("return sorted(set(l))")
+    assert run_program(case.program(found.text, found.replace_chars)).passed
+    assert not run_program(case.program(case.raw, 0)).passed
 
 
 def test_markdown_tables() -> None:
@@ -215,5 +251,16 @@ def test_eval_command_runs_the_pipeline_on_a_tiny_model(
 
 def test_postprocess_check_command(capsys: pytest.CaptureFixture[str]) -> None:
     needs_data()
-    assert cli.main(["eval", "postprocess-check", "--data", str(DATA), "--limit", "3"]) == 0
-    assert "| all |" in capsys.readouterr().out
+    data = ["--data", str(DATA), "--limit", "3"]
+    assert cli.main(["eval", "postprocess-check", *data, "--model", "demo"]) == 0
+    table = capsys.readouterr().out
+    assert "| all |" in table and "| editor cursor, run-on |" in table
+
+
+def test_postprocess_check_needs_a_tokenizer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    needs_data()
+    data = ["--data", str(DATA), "--limit", "1"]
+    assert cli.main(["eval", "postprocess-check", *data, "--model", str(tmp_path)]) == 1
+    assert "tokenizer" in capsys.readouterr().err

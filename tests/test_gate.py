@@ -81,6 +81,10 @@ def test_code_to_the_right(right: str, expected: bool) -> None:
         # empty line (blank or indented): a block
         ("def f():\n    |\n", "python", MULTI),
         ("|", "", MULTI),
+        # inside a string's interpolation, as bracket auto-closing leaves it: one line
+        ("console.log(`Total: ${|}`);", "javascript", SINGLE),
+        ('print(f"{total:|}")', "python", SINGLE),
+        ('echo "${|}"', "shellscript", SINGLE),
         # end of an ordinary statement: one line
         ("x = 1|\n", "python", SINGLE),
         ("let x = |", "rust", SINGLE),

@@ -75,3 +75,25 @@ def test_the_speculation_answers_only_its_own_prompt_and_settings_once():
     assert pipeline.complete(accepted).stop_reason == "speculated"
     assert len(pipeline.backend.prompts) == runs
     assert pipeline.complete(accepted).stop_reason != "speculated"  # used once
+
+
+def test_decoding_stops_where_the_finisher_cuts():
+    suffix = "\n    return total\n\n\ndef main():\n    pass\n"
+    cursor = Cursor("def f(xs):\n    total = 0\n    ", suffix, "python")
+    raw = "for x in xs:\n        total += x\n    return total\n\n\nprint(f([1]))\nprint(2)\n"
+    found = completer(raw).complete(cursor)
+    assert found.stop_reason == "stop"
+    assert found.generated_tokens < len(DEMO_TOKENIZER.encode(raw))
+    assert found.text == "for x in xs:\n        total += x"
+
+
+def test_a_closer_overlap_on_a_crlf_line_replaces_the_same_characters():
+    found = completer("a)\n").complete(Cursor("foo(", ")\r\nx\r\n", "python"))
+    assert (found.text, found.replace_chars) == ("a)", 1)
+
+
+def test_a_cancelled_generation_suggests_nothing():
+    cancel = threading.Event()
+    cancel.set()
+    found = completer("1\n").complete(Cursor("x = ", "\n", "python"), cancel)
+    assert (found.text, found.stop_reason) == ("", "cancelled")
