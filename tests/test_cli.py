@@ -91,6 +91,8 @@ def other_value(setting):
         return next(value for value in setting.choices if value != setting.default)
     if setting.kind in (int, float):
         return setting.maximum
+    if setting.name == "backend":
+        return "http://gpu-box:8000"
     return "elsewhere.log" if setting.nullable else "demo"
 
 
