@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from fim_lsp.engine import memory
+from fim_lsp.engine.choices import C_KERNEL, TORCH_DYNAMIC
 
 
 def timed(work, repeats: int = 5) -> float:
@@ -50,9 +51,7 @@ def read_bandwidth(size_bytes: int = 1 << 30, samples: int = 5) -> float:
 
 
 def int8_ops_per_second(tokens: int = 256, width: int = 2048, out: int = 8192) -> float:
-    """The fastest of the CPU int8 matmuls the engine can use (see engine/precision.py)."""
-    from fim_lsp.engine.linear import kernel_problem
-    from fim_lsp.engine.precision import C_KERNEL, TORCH_DYNAMIC, quantize_linear
+    """The fastest of the CPU int8 matmuls the engine can use (see engine/choices.py)."""
 
     # torch._int_mm (bitsandbytes' CPU kernel), on a small product first: off AVX-512 VNNI
     # it is a slow fallback that would take minutes at full size.
@@ -61,8 +60,10 @@ def int8_ops_per_second(tokens: int = 256, width: int = 2048, out: int = 8192) -
     int_mm = 2 * a.shape[0] * a.shape[1] * b.shape[1] / timed(lambda: torch._int_mm(a, b), 2)
     x = torch.randn(tokens, width)
     rates = [int_mm]
-    for int8 in (TORCH_DYNAMIC,) if kernel_problem() else (TORCH_DYNAMIC, C_KERNEL):
-        layer = quantize_linear(torch.nn.Linear(width, out), int8)
+    for int8 in (TORCH_DYNAMIC, C_KERNEL):
+        if int8.problem("cpu"):
+            continue
+        layer = int8.quantize(torch.nn.Linear(width, out))
         with torch.inference_mode():
             rates.append(2 * tokens * width * out / timed(lambda: layer(x)))  # noqa: B023
     return max(rates)
