@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
 
+from fim_lsp.engine import abi
+from fim_lsp.engine.native import NativeError
 from tests import tiny_model
 
 
@@ -29,3 +32,24 @@ def fim_tokenizer():
     from tokenizers import Tokenizer
 
     return FimTokenizer(Tokenizer.from_str(tiny_model.fim_tokenizer_json()))
+
+
+@pytest.fixture
+def kernels():
+    """The C kernels, loaded and checked; the test skips, saying why, where they cannot run
+    (a CPU without AVX2, no compiler, FIM_LSP_KERNELS=off)."""
+    try:
+        return abi.load()
+    except NativeError as error:
+        pytest.skip(f"the C kernels cannot run here: {error}")
+
+
+@pytest.fixture(params=list(abi.ISAS))
+def isa(request, kernels):
+    """Each ISA the int8 products run on, in turn; skipped where the CPU lacks it."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(abi.running_on(kernels, request.param))
+        except NativeError as error:
+            pytest.skip(f"the int8 products cannot run on {request.param} here: {error}")
+        yield request.param

@@ -1,11 +1,13 @@
 """Attention over the engine's KV cache, and the cache format it reads.
 
 A decode step reads the whole KV cache once per layer: at 1,000 tokens in fp32 that is 393 MB,
-a third of the int8 weights. On a CPU, the engine keeps the cache in fp16 and runs the few new
+a third of the int8 weights. On a CPU, the engine keeps the cache in fp16 and runs the new
 tokens of a step through a small C kernel (`attention.c`) that converts as it reads: torch has no
 fast fp16 matmul on CPUs without AVX-512, and its fp32 attention reads the cache at 60-75% of
 the memory bandwidth. Measured on 24 layers at 1,000 tokens (bench/reports/
 decode-profile-2026-11-26-fp16-kernel.md): 10-12 ms, against 22-27 ms for torch on an fp32 cache.
+A prefill chunk's tokens take it too, in blocks over each head's keys: on one core, 256 new tokens
+after 768 took 39 ms, against 55 ms for sdpa on fp32 copies of the cache.
 
 The kernel is compiled on first use (native.py). Where it cannot be built or run, attention is
 torch's, on an fp32 cache, and the reason is logged.
@@ -22,14 +24,12 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from fim_lsp.engine import abi
 from fim_lsp.engine.kv_cache import CacheFormat
-from fim_lsp.engine.native import NativeError, load_library, problem
+from fim_lsp.engine.native import NativeError, problem
 from fim_lsp.engine.precision import Precision
 
 KERNEL = "fim-lsp"  # the name transformers knows the kernel's attention by
-# Longer runs of new tokens (prefill chunks) are compute bound, where MKL's matmuls are faster:
-# they go to sdpa on fp32 copies of the cache (prefill measured as fast as transformers' own).
-KERNEL_MAX_NEW_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -61,16 +61,8 @@ def kernel_problem() -> str | None:
 
 @functools.cache
 def load_kernel() -> ctypes.CDLL:
-    """The C library with the attention kernel declared and checked; raises NativeError."""
-    library = load_library()
-    for name in ("fim_attend_f32", "fim_attend_f16"):
-        function = getattr(library, name)
-        function.argtypes = (
-            [ctypes.c_void_p] * 4
-            + [ctypes.c_int] * 4
-            + [ctypes.c_long, ctypes.c_float, ctypes.c_int]
-        )
-        function.restype = ctypes.c_int
+    """The C library with the attention kernel checked; raises NativeError."""
+    library = abi.load()
     check(library)
     return library
 
@@ -109,11 +101,8 @@ def run_kernel(
     """
     _, heads, new, dim = query.shape
     tokens = keys.shape[2]
-    function = {torch.float32: library.fim_attend_f32, torch.float16: library.fim_attend_f16}.get(
-        keys.dtype
-    )
     if (
-        function is None
+        keys.dtype not in (torch.float32, torch.float16)
         or query.dtype != torch.float32
         or query.shape[0] != 1
         or values.dtype != keys.dtype
@@ -123,22 +112,24 @@ def run_kernel(
         return None
     query = query.contiguous()
     out = query.new_empty(1, new, heads, dim)
-    threads = torch.get_num_threads()
-    failed = function(
+    job = abi.Attention(
         query.data_ptr(), keys.data_ptr(), values.data_ptr(), out.data_ptr(),
-        heads, dim, tokens - new, new, keys.stride(1), scaling, threads,
+        heads, dim, tokens - new, new, keys.stride(1), scaling, keys.dtype == torch.float16,
     )  # fmt: skip
-    return None if failed else out
+    status = library.fim_attend(ctypes.byref(job), torch.get_num_threads())
+    if status == abi.Status.UNSUPPORTED:
+        return None
+    abi.check(status, "fim_attend")
+    return out
 
 
 def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers' attention interface. The mask is not read: the engine's runs are one
     unpadded sequence whose new tokens come after the cached ones, so it is always causal."""
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    if query.shape[2] <= KERNEL_MAX_NEW_TOKENS:
-        out = run_kernel(load_kernel(), query, key, value, scaling)
-        if out is not None:
-            return out, None
+    out = run_kernel(load_kernel(), query, key, value, scaling)
+    if out is not None:
+        return out, None
     return sdpa_attention_forward(
         module, query, key.to(query.dtype), value.to(query.dtype), attention_mask,
         dropout=dropout, scaling=scaling, **kwargs,

@@ -1,4 +1,4 @@
-"""A forward pass of a few new tokens on a CPU, in one C call per layer (`layer.c`).
+"""A forward pass of new tokens after the cached ones on a CPU, in one C call per layer (`layer.c`).
 
 transformers' GPT-NeoX layer runs about forty torch operators per layer for one new token (the
 rotary embedding by slicing and concatenating, the cache write, reshapes, layer norms, GELU, the
@@ -13,10 +13,11 @@ The layer norms and GELU are computed in C, so the logits differ from transforme
 bits (tested within 1e-5 of their largest, with the same greedy tokens): about as much as the
 attention kernel already differs from torch's sdpa, which prefill chunks use.
 
-It runs decode steps, draft checks and warm keystrokes (up to KERNEL_MAX_NEW_TOKENS new tokens
-after cached ones) when the C kernels run the model: int8 through `linear.c`, attention through
-`attention.c` on an fp16 cache, and a GPT-NeoX with parallel residuals and exact GELU. Prefill
-chunks go through transformers' modules.
+It runs decode steps, draft checks, warm keystrokes and prefill chunks (a cold prompt too) when
+the C kernels run the model: int8 through `linear.c` (a chunk's products on gemm.c's register
+tiles), attention through `attention.c` on an fp16 cache, and a GPT-NeoX with parallel residuals
+and exact GELU. Every token's arithmetic is its own, so a chunk gives the logits its tokens give
+one at a time, bit for bit.
 """
 
 from __future__ import annotations
@@ -27,49 +28,18 @@ import functools
 import torch
 from transformers.cache_utils import Cache
 
+from fim_lsp.engine import abi
+from fim_lsp.engine.abi import Fused, LayerRun, LayerWeights
 from fim_lsp.engine.attention import KERNEL, AttentionPlan
 from fim_lsp.engine.attention import load_kernel as load_attention
-from fim_lsp.engine.linear import Fused, Int8Linear, KernelWeights, run_into
+from fim_lsp.engine.linear import Int8Linear, run_into
 from fim_lsp.engine.linear import load_kernel as load_linear
 from fim_lsp.engine.native import NativeError, problem
 from fim_lsp.engine.precision import C_KERNEL, Precision
 
 
-class LayerWeights(ctypes.Structure):
-    """layer.c's `LayerWeights`: a layer's four products and its two layer norms."""
-
-    _fields_ = [
-        ("qkv", ctypes.POINTER(KernelWeights)),
-        ("dense", ctypes.POINTER(KernelWeights)),
-        ("up", ctypes.POINTER(KernelWeights)),
-        ("down", ctypes.POINTER(KernelWeights)),
-        ("before_attention", Fused),
-        ("before_mlp", Fused),
-    ]
-
-
-class LayerRun(ctypes.Structure):
-    """layer.c's `LayerRun`: what one call of a layer reads and writes."""
-
-    _fields_ = [
-        ("new_tokens", ctypes.c_int),
-        ("heads", ctypes.c_int),
-        ("dim", ctypes.c_int),
-        ("rotary", ctypes.c_int),
-        ("past", ctypes.c_int),
-        ("head_stride", ctypes.c_long),
-        ("scaling", ctypes.c_float),
-        ("cos", ctypes.c_void_p),
-        ("sin", ctypes.c_void_p),
-        ("keys", ctypes.c_void_p),
-        ("values", ctypes.c_void_p),
-        ("x", ctypes.c_void_p),
-        ("after", ctypes.c_void_p),
-    ]
-
-
 class CpuStep:
-    """The model's forward pass for a few new tokens after the cached ones."""
+    """The model's forward pass for new tokens after the cached ones."""
 
     def __init__(self, model):
         self.model = model
@@ -103,8 +73,15 @@ class CpuStep:
         if config.hidden_act != "gelu":
             return f"activation {config.hidden_act}"
         attention = model.gpt_neox.layers[0].attention
-        if attention.head_size % 8 or attention.head_size > 256 or attention.rotary_ndims % 2:
-            return f"heads of {attention.head_size} dims (attention.c takes multiples of 8 to 256)"
+        if (
+            attention.head_size % 8
+            or attention.head_size > abi.MAX_DIM
+            or attention.rotary_ndims % 2
+        ):
+            return (
+                f"heads of {attention.head_size} dims "
+                f"(attention.c takes multiples of 8 to {abi.MAX_DIM})"
+            )
         if plan.implementation != KERNEL or plan.cache.dtype != torch.float16:
             return "attention is not the C kernel on an fp16 cache"
         if precision.int8 != C_KERNEL:  # the loader then makes every linear layer Int8Linear
@@ -113,10 +90,14 @@ class CpuStep:
 
     def __call__(self, kv: Cache, ids: list[int], keep: int) -> torch.Tensor:
         """Logits [keep, vocab] of the last `keep` of `ids`, the new tokens; their keys and
-        values are added to `kv`, which must hold at least one token."""
+        values are added to `kv`."""
         neox = self.model.gpt_neox
         new = len(ids)
         x = neox.embed_in(torch.tensor(ids))  # [new, width]
+        if not kv.layers:  # a cold prompt: empty layers, which take the cache's format as they grow
+            empty = torch.empty(1, self.heads, 0, self.head_dim)
+            for index in range(len(self.layers)):
+                kv.update(empty, empty, index)
         layers = kv.layers
         past = layers[0].get_seq_length()
         cos, sin = (
@@ -150,8 +131,9 @@ class CpuStep:
         return Fused(weight.data_ptr(), bias.data_ptr(), norm.eps, gelu)
 
     def layer(self, weights: LayerWeights, run: LayerRun, threads: int) -> None:
-        if self.library.fim_layer(ctypes.byref(weights), ctypes.byref(run), threads):
-            raise MemoryError("no memory for a decode step's scratch buffers")
+        abi.check(
+            self.library.fim_layer(ctypes.byref(weights), ctypes.byref(run), threads), "fim_layer"
+        )
 
     def linear(
         self,
@@ -166,16 +148,9 @@ class CpuStep:
 
 @functools.cache
 def load_kernel() -> ctypes.CDLL:
-    """The C library with both kernels and `fim_rope_store` declared and checked."""
+    """The C library with both kernels and `fim_rope_store` checked; raises NativeError."""
     library = load_linear()
     load_attention()
-    pointer, number = ctypes.c_void_p, ctypes.c_int
-    library.fim_rope_store.argtypes = [
-        pointer, *[number] * 4, *[pointer] * 5, ctypes.c_long, number,
-    ]  # fmt: skip
-    library.fim_rope_store.restype = number
-    library.fim_layer.argtypes = [pointer, pointer, number]
-    library.fim_layer.restype = number
     check(library)
     return library
 
@@ -192,10 +167,12 @@ def check(library: ctypes.CDLL) -> None:
     cos, sin = angles.cos(), angles.sin()
     query = torch.empty(heads, new, dim)
     keys, values = torch.zeros(2, heads, capacity, dim, dtype=torch.float16)
-    library.fim_rope_store(
-        qkv.data_ptr(), new, heads, dim, rotary, cos.data_ptr(), sin.data_ptr(),
-        query.data_ptr(), keys.data_ptr(), values.data_ptr(), capacity * dim, past,
+    run = LayerRun(
+        new, heads, dim, rotary, past, capacity * dim, 0.0,
+        cos.data_ptr(), sin.data_ptr(), keys.data_ptr(), values.data_ptr(),
     )  # fmt: skip
+    status = library.fim_rope_store(ctypes.byref(run), qkv.data_ptr(), query.data_ptr(), 0, new)
+    abi.check(status, "fim_rope_store")
     q, k, v = qkv.view(1, new, heads, 3 * dim).transpose(1, 2).chunk(3, dim=-1)
     q, k = apply_rotary_pos_emb(q, k, cos[None], sin[None])
     cached = slice(past, past + new)

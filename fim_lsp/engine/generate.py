@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fim_lsp.engine.attention import KERNEL_MAX_NEW_TOKENS, choose_attention
+from fim_lsp.engine.attention import choose_attention
 from fim_lsp.engine.cpu_step import CpuStep
 from fim_lsp.engine.errors import EngineError
 from fim_lsp.engine.kv_cache import PromptCache
@@ -54,15 +54,15 @@ class Engine:
         # "heuristic" schedule), so that drafts the model keeps rejecting stay short and cheap.
         self.draft_length = max(1, draft_tokens)  # drafting turned on later starts from here
         self.cache = PromptCache(self.attention.cache)
-        # A few new tokens after cached ones (decode steps, drafts, keystrokes) skip
-        # transformers' modules where the C kernels run the whole layer.
+        # New tokens (prefill chunks, decode steps, drafts, keystrokes) skip transformers'
+        # modules where the C kernels run the whole layer.
         self.step_problem = CpuStep.problem(model, precision, self.attention)
         self.step = None if self.step_problem else CpuStep(model)
         self.drafted = self.accepted = 0  # running totals
 
     @property
     def steps(self) -> str:
-        """What runs a few new tokens, for the log."""
+        """What runs the model's forward passes, for the log."""
         if self.step_problem:
             return f"transformers' modules ({self.step_problem})"
         return "C step (one C call per layer)"
@@ -200,7 +200,7 @@ class Engine:
 
     def forward(self, ids: list[int], keep: int = 1) -> torch.Tensor:
         # ids -> logits: [keep, vocab] for the last `keep` positions
-        if self.step and self.cache.ids and len(ids) <= KERNEL_MAX_NEW_TOKENS:
+        if self.step:
             logits = self.step(self.cache.kv, ids, keep)
         else:
             input_ids = torch.tensor([ids], device=self.device)
