@@ -27,7 +27,8 @@
 
 #define PREFETCH 1024 /* bytes ahead: 5-10% faster than the hardware prefetcher alone here */
 #define INLINE static inline __attribute__((always_inline))
-#define SCORE_QUERIES 3 /* score tiles: 3 tokens x 4 keys, 12 sums in registers */
+#define SCORE_QUERIES 2 /* score tiles: 2 tokens x 4 keys, their 8 sums, 4 keys and a query in
+                          * registers (3 tokens needed 17 of AVX2's 16) */
 #define SCORE_KEYS 4
 #define VALUE_QUERIES 4 /* value tiles of a block: 4 tokens x 16 dims */
 #define VALUE_BLOCKS 2
@@ -44,6 +45,13 @@ INLINE float sum8(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
+/* Four dot products' lanes summed, each as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)):
+ * [a, b, c, d]. A score's sum is the same whichever three others share its call. */
+INLINE __m128 sum4x8(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1));
+}
+
 /* Scores of Q tokens (queries qs [Q][dim], scaled) with keys t .. t + K - 1 into scores
  * [Q][stride]: each key converted once for the Q tokens. */
 INLINE void score_tile(const int Q, const int K, const float *qs, const void *keys, int t,
@@ -52,8 +60,9 @@ INLINE void score_tile(const int Q, const int K, const float *qs, const void *ke
     for (int i = 0; i < Q; i++)
         for (int j = 0; j < K; j++) acc[i][j] = _mm256_setzero_ps();
     const long bytes = (long)dim * (half ? 2 : 4);
-    for (long at = 0; at < K * bytes; at += 64)
-        _mm_prefetch((const char *)keys + t * bytes + PREFETCH + at, _MM_HINT_T0);
+    if (Q == 1) /* a decode step streams the keys from memory once */
+        for (long at = 0; at < K * bytes; at += 64)
+            _mm_prefetch((const char *)keys + t * bytes + PREFETCH + at, _MM_HINT_T0);
     for (int b = 0; b < dim / 8; b++) {
         __m256 k[SCORE_KEYS];
         for (int j = 0; j < K; j++) k[j] = load8(keys, (long)(t + j) * dim + 8 * b, half);
@@ -62,8 +71,10 @@ INLINE void score_tile(const int Q, const int K, const float *qs, const void *ke
             for (int j = 0; j < K; j++) acc[i][j] = _mm256_fmadd_ps(q, k[j], acc[i][j]);
         }
     }
-    for (int i = 0; i < Q; i++)
-        for (int j = 0; j < K; j++) scores[i * stride + t + j] = sum8(acc[i][j]);
+    for (int i = 0; i < Q; i++) {
+        if (K == 4) _mm_storeu_ps(scores + i * stride + t, sum4x8(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
+        else scores[i * stride + t] = _mm_cvtss_f32(sum4x8(acc[i][0], acc[i][0], acc[i][0], acc[i][0]));
+    }
 }
 
 /* Scores of Q tokens with keys 0 .. until - 1. */
@@ -76,14 +87,18 @@ INLINE void score_rows(const int Q, const float *qs, const void *keys, int until
 }
 
 /* A row of `seen` scores into e^(score - top), 8 at a time (a scalar expf per score took a third
- * of a decode step's attention); returns their sum. */
+ * of a decode step's attention); returns their sum. The top is exact however it is found. */
 static float softmax_row(float *scores, int seen) {
-    float top = -INFINITY;
-    for (int t = 0; t < seen; t++) top = scores[t] > top ? scores[t] : top;
-    __m256 sums = _mm256_setzero_ps();
-    const __m256 top8 = _mm256_set1_ps(top);
+    __m256 top8 = _mm256_set1_ps(-INFINITY);
     int t = 0;
-    for (; t + 8 <= seen; t += 8) {
+    for (; t + 8 <= seen; t += 8) top8 = _mm256_max_ps(top8, _mm256_loadu_ps(scores + t));
+    float tops[8], top = -INFINITY;
+    _mm256_storeu_ps(tops, top8);
+    for (int j = 0; j < 8; j++) top = tops[j] > top ? tops[j] : top;
+    for (; t < seen; t++) top = scores[t] > top ? scores[t] : top;
+    __m256 sums = _mm256_setzero_ps();
+    top8 = _mm256_set1_ps(top);
+    for (t = 0; t + 8 <= seen; t += 8) {
         const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores + t), top8));
         _mm256_storeu_ps(scores + t, e);
         sums = _mm256_add_ps(sums, e);
@@ -103,16 +118,25 @@ INLINE void value_tile(const int Q, const int D, const float *weights, int strid
     for (int i = 0; i < Q; i++)
         for (int d = 0; d < D; d++) acc[i][d] = _mm256_setzero_ps();
     const long bytes = (long)dim * (half ? 2 : 4);
-    for (int t = 0; t < seen + Q - 1; t++) {
+    for (int t = 0; t < seen; t++) { /* keys every token of the tile sees */
         if (D * 8 == dim) /* whole rows: one sequential stream, as a decode step reads it */
             for (long at = 0; at < bytes; at += 64)
                 _mm_prefetch((const char *)values + t * bytes + PREFETCH + at, _MM_HINT_T0);
         __m256 v[MAX_DIM / 8];
         for (int d = 0; d < D; d++) v[d] = load8(values, (long)t * dim + 8 * (b0 + d), half);
         for (int i = 0; i < Q; i++) {
-            if (t >= seen + i) continue; /* past what token i sees (only in the last Q - 1 keys) */
             const __m256 w = _mm256_set1_ps(weights[i * stride + t]);
             for (int d = 0; d < D; d++) acc[i][d] = _mm256_fmadd_ps(w, v[d], acc[i][d]);
+        }
+    }
+    for (int t = seen; t < seen + Q - 1; t++) { /* the keys only the later tokens see */
+        __m256 v[MAX_DIM / 8];
+        for (int d = 0; d < D; d++) v[d] = load8(values, (long)t * dim + 8 * (b0 + d), half);
+        for (int i = 0; i < Q; i++) {
+            if (t < seen + i) {
+                const __m256 w = _mm256_set1_ps(weights[i * stride + t]);
+                for (int d = 0; d < D; d++) acc[i][d] = _mm256_fmadd_ps(w, v[d], acc[i][d]);
+            }
         }
     }
     for (int i = 0; i < Q; i++) {
@@ -150,7 +174,6 @@ INLINE void attend_block(const Attention *job, int head, int first, int count, c
     for (; i + SCORE_QUERIES <= count; i += SCORE_QUERIES)
         score_rows(SCORE_QUERIES, qs + i * dim, keys, seen + i + SCORE_QUERIES - 1, dim, half,
                    scores + i * stride, stride);
-    if (count - i == 2) score_rows(2, qs + i * dim, keys, seen + i + 1, dim, half, scores + i * stride, stride);
     if (count - i == 1) score_rows(1, qs + i * dim, keys, seen + i, dim, half, scores + i * stride, stride);
     for (i = 0; i < count; i++) totals[i] = softmax_row(scores + i * stride, seen + i);
     float *out = job->out + ((long)first * job->heads + head) * dim;
