@@ -110,39 +110,50 @@ static void layer_norm_row(const float *x, int k, const Fused *fused, float *out
         out[i] = (x[i] - (float)mean) * inverse * fused->norm_weight[i] + fused->norm_bias[i];
 }
 
-/* y for rows t0 .. t0 + rows - 1 and panel p from their int32 dots (dots [rows][stride], the
+/* A panel's outputs as the epilogue reads them: each output's weight sum, scale and bias,
+ * repeated past n in a last partial panel. */
+typedef struct {
+    int first, width; /* outputs first .. first + width - 1 */
+    int32_t sums[PANEL];
+    float scales[PANEL], biases[PANEL];
+} PanelOutputs;
+
+static void panel_outputs(const Job *job, int p, PanelOutputs *out) {
+    out->first = p * PANEL;
+    out->width = job->n - out->first < PANEL ? job->n - out->first : PANEL;
+    for (int j = 0; j < PANEL; j++) {
+        const int o = out->first + (j < out->width ? j : out->width - 1);
+        out->sums[j] = job->w_sum[o], out->scales[j] = job->w_scale[o];
+        out->biases[j] = job->bias ? job->bias[o] : 0.f;
+    }
+}
+
+/* y for rows t0 .. t0 + rows - 1 of a panel from their int32 dots (dots [rows][stride], the
  * panel's 16 first): undo both zero points and scales, add the bias, then what `fused` adds. The
  * one place dots become outputs, whichever ISA computed them. */
-static void finish_panel(const Job *job, int t0, int rows, int p, const int32_t *dots, int stride) {
-    /* Each output's weight sum, scale and bias, repeated past n in a last partial panel. */
-    const int first = p * PANEL, width = job->n - first < PANEL ? job->n - first : PANEL;
-    int32_t sums[PANEL];
-    float scales[PANEL], biases[PANEL], out[PANEL];
-    for (int j = 0; j < PANEL; j++) {
-        const int o = first + (j < width ? j : width - 1);
-        sums[j] = job->w_sum[o], scales[j] = job->w_scale[o];
-        biases[j] = job->bias ? job->bias[o] : 0.f;
-    }
+static void finish_panel(const Job *job, const PanelOutputs *panel, int t0, int rows,
+                         const int32_t *dots, int stride) {
+    float out[PANEL];
     for (int r = 0; r < rows; r++) {
         const int t = t0 + r;
         const __m256 a_scale = _mm256_set1_ps(job->a_scale[t]);
         const __m256i a_zero = _mm256_set1_epi32(job->a_zero[t]);
         for (int h = 0; h < PANEL; h += 8) {
             const __m256i dot = _mm256_loadu_si256((const __m256i *)(dots + r * stride + h));
-            const __m256i sum = _mm256_loadu_si256((const __m256i *)(sums + h));
+            const __m256i sum = _mm256_loadu_si256((const __m256i *)(panel->sums + h));
             const __m256i v = _mm256_sub_epi32(dot, _mm256_mullo_epi32(a_zero, sum));
             const __m256 f = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), a_scale),
-                                           _mm256_loadu_ps(scales + h));
-            __m256 v8 = _mm256_add_ps(f, _mm256_loadu_ps(biases + h));
+                                           _mm256_loadu_ps(panel->scales + h));
+            __m256 v8 = _mm256_add_ps(f, _mm256_loadu_ps(panel->biases + h));
             if (job->fused && job->fused->gelu) v8 = gelu8(v8);
             _mm256_storeu_ps(out + h, v8);
         }
-        const long at = (long)t * job->n + first;
+        const long at = (long)t * job->n + panel->first;
         if (job->fused && job->fused->then_add)
-            for (int j = 0; j < width; j++) out[j] += job->fused->then_add[at + j];
+            for (int j = 0; j < panel->width; j++) out[j] += job->fused->then_add[at + j];
         if (job->fused && job->fused->and_add)
-            for (int j = 0; j < width; j++) out[j] += job->fused->and_add[at + j];
-        memcpy(job->y + at, out, sizeof(float) * width);
+            for (int j = 0; j < panel->width; j++) out[j] += job->fused->and_add[at + j];
+        memcpy(job->y + at, out, sizeof(float) * panel->width);
     }
 }
 
@@ -197,14 +208,16 @@ void fim_product_item(const Weights *w, const Activations *a, float *y, const Fu
     const int panels = (w->n + PANEL - 1) / PANEL, per_item = panels_per_item(w);
     const int end = (item + 1) * per_item < panels ? (item + 1) * per_item : panels;
     int32_t dots[TILE_ROWS * TILE_PANELS * PANEL];
+    PanelOutputs outputs[TILE_PANELS];
     for (int p = item * per_item; p < end; p += group) {
         const int count = end - p < group ? end - p : group;
+        for (int j = 0; j < count; j++) panel_outputs(&job, p + j, outputs + j);
         for (int t = 0; t < a->m; t += rows) {
             const int r = a->m - t < rows ? a->m - t : rows;
             fim_dot_tile(a->q + (long)t * a->kp, a->kp, r, w->packed + (long)p * PANEL * a->kp,
                          count, dots);
             for (int j = 0; j < count; j++)
-                finish_panel(&job, t, r, p + j, dots + j * PANEL, count * PANEL);
+                finish_panel(&job, outputs + j, t, r, dots + j * PANEL, count * PANEL);
         }
     }
 }
