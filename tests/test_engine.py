@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from fim_lsp.engine import EngineError, choose_precision, load_engine, resolve_model
+from fim_lsp.engine import EngineError, abi, choose_precision, load_engine, resolve_model
 from fim_lsp.engine.attention import KERNEL, kernel_problem
 
 VOCAB = 50280  # the tokenizer's size; the model's embedding has 50304 rows
@@ -130,6 +130,7 @@ def test_int8_through_the_c_kernel_on_cpu(kernels, tiny_model_dir):
     engine = load_engine(
         str(tiny_model_dir), VOCAB, device="cpu", quantization="int8", int8_backend="c-kernel"
     )
+    assert f"c-kernel ({abi.isa(kernels)}) linear layers" in engine.precision.reason
     modules = list(engine.model.modules())
     assert sum(isinstance(m, Int8Linear) for m in modules) == 2 * 4 + 1  # lm_head included
     assert not any(type(m) is torch.nn.Linear for m in modules)

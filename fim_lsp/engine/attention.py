@@ -7,7 +7,8 @@ fast fp16 matmul on CPUs without AVX-512, and its fp32 attention reads the cache
 the memory bandwidth. Measured on 24 layers at 1,000 tokens (bench/reports/
 decode-profile-2026-11-26-fp16-kernel.md): 10-12 ms, against 22-27 ms for torch on an fp32 cache.
 A prefill chunk's tokens take it too, in blocks over each head's keys: on one core, 256 new tokens
-after 768 took 39 ms, against 55 ms for sdpa on fp32 copies of the cache.
+after 768 took 28 ms, against 75 ms for sdpa on fp32 copies of the cache (and 256 after 1,744:
+64 ms against 125 ms).
 
 The kernel is compiled on first use (native.py). Where it cannot be built or run, attention is
 torch's, on an fp32 cache, and the reason is logged.

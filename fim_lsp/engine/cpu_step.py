@@ -11,7 +11,7 @@ team of threads (see layer.c for why).
 
 The layer norms and GELU are computed in C, so the logits differ from transformers' in the last
 bits (tested within 1e-5 of their largest, with the same greedy tokens): about as much as the
-attention kernel already differs from torch's sdpa, which prefill chunks use.
+attention kernel differs from torch's sdpa.
 
 It runs decode steps, draft checks, warm keystrokes and prefill chunks (a cold prompt too) when
 the C kernels run the model: int8 through `linear.c` (a chunk's products on gemm.c's register

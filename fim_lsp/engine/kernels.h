@@ -135,7 +135,7 @@ typedef struct {
     float *normed; /* scratch for layer-normed rows, or NULL */
 } Activations;
 
-int fim_activations_init(Activations *a, int m, int k, int normed);
+int fim_activations_init(Activations *a, int m, int k, int normed); /* FIM_OK or FIM_NO_MEMORY */
 void fim_activations_free(Activations *a);
 /* Row t of x [m][k], layer-normed first if `fused` says so, into `a`. */
 void fim_quantize_row(Activations *a, const float *x, int t, const Fused *fused);
@@ -144,9 +144,10 @@ long fim_product_items(const Weights *w);
 void fim_product_item(const Weights *w, const Activations *a, float *y, const Fused *fused,
                       long item);
 
-/* gemm.c: the int32 dot products of `rows` quantized rows (stride kp) with `panels` consecutive
- * weight panels: dots [rows][panels * PANEL]. At most TILE_ROWS rows and TILE_PANELS panels. */
-#define TILE_ROWS 8
+/* gemm.c: the int32 dot products of `rows` quantized rows from q (stride kp) with `count`
+ * consecutive weight panels from `panels`: dots [rows][count * PANEL]. At most TILE_ROWS rows
+ * and TILE_PANELS panels. */
+#define TILE_ROWS 6
 #define TILE_PANELS 4
 void fim_dot_tile(const uint8_t *q, int kp, int rows, const int8_t *panels, int count,
                   int32_t *dots);

@@ -26,11 +26,11 @@ int fim_layer(const LayerWeights *w, const LayerRun *run, int threads) {
         return FIM_UNSUPPORTED;
     if (threads > MAX_TEAM) threads = MAX_TEAM;
     float *query = malloc(sizeof(float) * (size_t)m * width);
-    const Attention attention = {query, run->keys, run->values, NULL, run->heads, run->dim,
+    float *attended = malloc(sizeof(float) * (size_t)m * width);
+    const Attention attention = {query, run->keys, run->values, attended, run->heads, run->dim,
                                  run->past, m, run->head_stride, run->scaling, 1};
     const size_t scratch_size = fim_attend_scratch(&attention);
     float *qkv = malloc(sizeof(float) * (size_t)m * w->qkv->n);
-    float *attended = malloc(sizeof(float) * (size_t)m * width);
     float *hidden = malloc(sizeof(float) * (size_t)m * inner);
     float *mlp = malloc(sizeof(float) * (size_t)m * width);
     float *scratch = malloc(sizeof(float) * scratch_size * threads);
@@ -41,10 +41,8 @@ int fim_layer(const LayerWeights *w, const LayerRun *run, int threads) {
                  || fim_activations_init(&for_down, m, inner, 0)
                  || fim_activations_init(&for_dense, m, width, 0) ? FIM_NO_MEMORY : FIM_OK;
     if (status == FIM_OK) {
-        Attention job = attention;
-        job.out = attended;
         const Fused residuals = {.then_add = mlp, .and_add = run->x};
-        const long qkv_items = fim_product_items(w->qkv), tasks = fim_attend_tasks(&job);
+        const long qkv_items = fim_product_items(w->qkv), tasks = fim_attend_tasks(&attention);
         Share shares[MAX_TEAM];
         #pragma omp parallel num_threads(threads)
         {
@@ -71,7 +69,7 @@ int fim_layer(const LayerWeights *w, const LayerRun *run, int threads) {
             #pragma omp for schedule(static)
             for (int t = 0; t < m; t++) fim_quantize_row(&for_down, hidden, t, NULL);
             for (long item; (item = take(shares, team, me)) >= 0;) {
-                if (item < tasks) fim_attend_task(&job, item, scratch + scratch_size * me);
+                if (item < tasks) fim_attend_task(&attention, item, scratch + scratch_size * me);
                 else fim_product_item(w->down, &for_down, mlp, NULL, item - tasks);
             }
             #pragma omp barrier

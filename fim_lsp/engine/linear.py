@@ -156,6 +156,11 @@ def kernel_problem() -> str | None:
     return problem(load_kernel)
 
 
+def kernel_isa() -> str:
+    """The ISA the C kernel's products run on (abi.ISAS), where it runs."""
+    return abi.isa(load_kernel())
+
+
 @functools.cache
 def load_kernel() -> ctypes.CDLL:
     """The C library with the int8 kernel checked; raises NativeError."""

@@ -4,8 +4,10 @@ Which int8 path is fast depends on the device and the processor, so `choose_prec
 candidates on a small matrix and keeps the faster one.
 - CUDA: int8 weights computed in fp16 (`linear.WeightOnlyInt8Linear`), against bitsandbytes'
   LLM.int8, which quantizes activations too and decoded 10x slower than fp16 on an H100.
-- CPU: our C kernel (`linear.py`, AVX2): decodes faster than torch's dynamic int8 layers, and is
-  as fast for prefill (about 200-250 GOP/s on 2 cores of an AVX2-only AMD EPYC);
+- CPU: our C kernel (`linear.py`; AVX2, and AVX-512 VNNI where the CPU has it): decodes faster
+  than torch's dynamic int8 layers, and prefills as fast as oneDNN's int8 GEMM (about 750 GOP/s
+  on 2 cores of an AVX-512 VNNI AMD EPYC, bench/reports/prefill-floor-2026-12-03.md; about
+  200-250 GOP/s with AVX2 only);
 - where it cannot run (no compiler, no AVX2): torch's dynamic int8 layers (fbgemm; about 100
   GOP/s on that EPYC). `torch.ao.quantization` is deprecated, but no maintained int8 path is as
   fast on CPU (torchao's eager int8 was 10x slower here);
@@ -76,7 +78,7 @@ def choose_precision(device: str, quantization: str, int8: str | None = None) ->
         if int8 == C_KERNEL and missing:
             raise EngineError(f"the C int8 kernel cannot run here: {missing}")
         if int8 in (C_KERNEL, TORCH_DYNAMIC):
-            return Precision("cpu", dtype, int8, f"8-bit {int8} linear layers on cpu")
+            return Precision("cpu", dtype, int8, f"8-bit {named(int8)} linear layers on cpu")
         ours = TORCH_DYNAMIC if missing else C_KERNEL
     rates = int8_rates(ours, target, dtype)
     best = max(rates, key=lambda name: rates[name])
@@ -86,8 +88,13 @@ def choose_precision(device: str, quantization: str, int8: str | None = None) ->
     if best == BITSANDBYTES:
         quiet_bitsandbytes()
     return Precision(
-        target, dtype, best, f"8-bit {best} linear layers on {target} (measured {measured})"
+        target, dtype, best, f"8-bit {named(best)} linear layers on {target} (measured {measured})"
     )
+
+
+def named(int8: str) -> str:
+    """The int8 backend's name for the log: the C kernel's with the ISA its products run on."""
+    return f"{int8} ({linear.kernel_isa()})" if int8 == C_KERNEL else int8
 
 
 def quiet_bitsandbytes() -> None:
