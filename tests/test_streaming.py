@@ -44,7 +44,9 @@ def pickle_model_dir(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("int8", [C_KERNEL, TORCH_DYNAMIC, WEIGHT_ONLY])
-def test_streamed_int8_model_is_the_from_pretrained_one_quantized(tiny_model_dir, int8):
+def test_streamed_int8_model_is_the_from_pretrained_one_quantized(tiny_model_dir, int8, request):
+    if int8 == C_KERNEL:
+        request.getfixturevalue("kernels")  # skips, saying why, where the C kernels cannot run
     config = AutoConfig.from_pretrained(tiny_model_dir)
     streamed = load_int8_by_module(tiny_model_dir, config, int8)
     assert not any(p.is_meta for p in streamed.parameters())
@@ -60,7 +62,7 @@ def test_streamed_model_takes_the_dtype_asked_for(tiny_model_dir):
     assert logits(streamed).dtype == torch.bfloat16
 
 
-def test_pickle_checkpoints_load_the_same(tiny_model_dir, pickle_model_dir):
+def test_pickle_checkpoints_load_the_same(kernels, tiny_model_dir, pickle_model_dir):
     config = AutoConfig.from_pretrained(tiny_model_dir)
     from_pickle = load_int8_by_module(pickle_model_dir, config, C_KERNEL)
     from_safetensors = load_int8_by_module(tiny_model_dir, config, C_KERNEL)

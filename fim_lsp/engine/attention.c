@@ -25,8 +25,6 @@
 #include "shares.h"
 #include "simd.h"
 
-#define PREFETCH 1024 /* bytes ahead: 5-10% faster than the hardware prefetcher alone here */
-#define INLINE static inline __attribute__((always_inline))
 #define SCORE_QUERIES 2 /* score tiles: 2 tokens x 4 keys, their 8 sums, 4 keys and a query in
                           * registers (3 tokens needed 17 of AVX2's 16) */
 #define SCORE_KEYS 4

@@ -20,9 +20,7 @@
 
 #include "kernels.h"
 
-#define PREFETCH 1024 /* bytes ahead in each weight panel: measured to keep enough reads in flight */
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
-#define INLINE static inline __attribute__((always_inline))
 
 /* The tile each ISA runs: AVX2 keeps 4 rows x 2 registers of sums (16 registers in all), VNNI
  * 6 rows x 4 panels (32 registers). */
