@@ -130,8 +130,7 @@ class Settings:
         minimum=0,
         maximum=2000,
     )
-    # A draft and the token before it fit one C decode step (cpu_step.STEP_MAX_TOKENS);
-    # longer drafts would run through the slow path.
+    # A draft is checked in one forward pass: the bound caps what a rejected one wastes.
     draft_tokens: int = setting(
         8,
         "Longest prompt-lookup draft (speculative decoding, greedy only); 0 = off.",

@@ -3,12 +3,15 @@ through save_pretrained."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fim_lsp.engine import abi
+from fim_lsp.engine.native import NativeError
 from tests import tiny_model
 from tests.fake_vllm import FakeServer
 
@@ -76,3 +79,24 @@ def demo_tokenizer():
     from tests.fakes import DEMO_TOKENIZER
 
     return DEMO_TOKENIZER
+
+
+@pytest.fixture
+def kernels():
+    """The C kernels, loaded and checked; the test skips, saying why, where they cannot run
+    (a CPU without AVX2, no compiler, FIM_LSP_KERNELS=off)."""
+    try:
+        return abi.load()
+    except NativeError as error:
+        pytest.skip(f"the C kernels cannot run here: {error}")
+
+
+@pytest.fixture(params=list(abi.ISAS))
+def isa(request, kernels):
+    """Each ISA the int8 products run on, in turn; skipped where the CPU lacks it."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(abi.running_on(kernels, request.param))
+        except NativeError as error:
+            pytest.skip(f"the int8 products cannot run on {request.param} here: {error}")
+        yield request.param

@@ -188,7 +188,7 @@ def test_doctor_reports_the_machine_and_the_model(tiny_model_dir):
         "CUDA",
         "bitsandbytes",
         "bitsandbytes 8-bit on cpu",
-        "would run: 8-bit ",
+        "would run: 8-bit ",  # c-kernel (with its ISA) or bitsandbytes: timed here
         "attention: ",
         "OK",
     ):

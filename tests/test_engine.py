@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fim_lsp.backend import GenerationOptions
-from fim_lsp.engine import EngineError, choose, load_engine, resolve_model
+from fim_lsp.engine import EngineError, abi, choose, load_engine, resolve_model
 
 VOCAB = 50280  # the tokenizer's size; the model's embedding has 50304 rows
 
@@ -138,12 +138,13 @@ def test_int8_through_torch_dynamic_layers_on_cpu(tiny_model_dir):
     assert len(generate(engine, PROMPT, 4, end_id=-1).ids) == 4
 
 
-def test_int8_through_the_c_kernel_on_cpu(tiny_model_dir):
+def test_int8_through_the_c_kernel_on_cpu(kernels, tiny_model_dir):
     from fim_lsp.engine.linear import Int8Linear
 
     engine = load_engine(
         str(tiny_model_dir), VOCAB, device="cpu", quantization="int8", int8_backend="c-kernel"
     )
+    assert f"c-kernel ({abi.isa(kernels)}) linear layers" in engine.precision.reason
     modules = list(engine.model.modules())
     assert sum(isinstance(m, Int8Linear) for m in modules) == 2 * 4 + 1  # lm_head included
     assert not any(type(m) is torch.nn.Linear for m in modules)
@@ -169,7 +170,9 @@ def test_int8_with_weight_only_layers(tiny_model_dir):
     assert generation.ids == generate(cold, typed, 8, cache_reuse=False).ids
 
 
-def test_int8_engine_keeps_keys_and_values_in_fp16_and_reuse_matches_a_cold_run(tiny_model_dir):
+def test_int8_engine_keeps_keys_and_values_in_fp16_and_reuse_matches_a_cold_run(
+    kernels, tiny_model_dir
+):
     warm, cold = (
         load_engine(str(tiny_model_dir), VOCAB, "cpu", "int8", int8_backend="c-kernel")
         for _ in range(2)
@@ -196,6 +199,8 @@ def test_cpu_int8_layers_are_chosen_by_measurement_and_remembered(fresh_choices,
     precision = choose("cpu", "int8")
     assert precision.int8 is not None and precision.int8.name in ("bitsandbytes", "c-kernel")
     assert "measured: " in precision.reason and "GOP/s" in precision.reason
+    if precision.int8.name == "c-kernel":  # with the ISA its products run on
+        assert "8-bit c-kernel (avx" in precision.reason
     assert fresh_choices.is_file()
     monkeypatch.setattr(choices, "int8_rates", lambda *args: pytest.fail("timed again"))
     again = choose("cpu", "int8")
@@ -270,7 +275,7 @@ def test_prompt_lookup_drafts_keep_exactly_the_greedy_tokens(tiny_model_dir):
     assert drafting.cache.ids == repeated + expected[:-1]  # rejected drafts left the cache
 
 
-def test_int8_drafts_keep_exactly_the_greedy_tokens(tiny_model_dir):
+def test_int8_drafts_keep_exactly_the_greedy_tokens(kernels, tiny_model_dir):
     """The C kernel quantizes each token on its own, so a draft verified in one pass computes what
     one-token steps compute: drafting changes no token with int8 either. The tiny model's int8
     output repeats nothing for prompt lookup to find, so drafts come from an oracle that knows the

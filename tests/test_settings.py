@@ -47,13 +47,6 @@ def test_team_settings_reload_only_a_team_backend():
     assert (SETTINGS["cache_reuse"].kind, SETTINGS["temperature"].kind) == (bool, float)
 
 
-def test_drafts_stop_where_one_c_step_ends():
-    from fim_lsp.engine.cpu_step import STEP_MAX_TOKENS
-
-    # The token before the draft and the draft are checked in one step.
-    assert SETTINGS["draft_tokens"].maximum == STEP_MAX_TOKENS - 1
-
-
 @pytest.mark.parametrize("setting", NUMBERS, ids=lambda setting: setting.key)
 def test_each_bound_is_inclusive_and_enforced(setting):
     low, high = setting.minimum, setting.maximum

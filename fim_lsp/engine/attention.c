@@ -1,17 +1,19 @@
-/* Attention of a few new tokens over a KV cache in fp16 or fp32, for x86-64 CPUs with AVX2,
- * FMA and F16C (built by attention.py, which falls back to torch where this cannot run).
+/* Attention of new tokens over a KV cache in fp16 or fp32, for x86-64 CPUs with AVX2, FMA and
+ * F16C (built by native.py; attention.py falls back to torch where this cannot run).
  *
  * Why not torch: a decode step reads the whole KV cache once per layer, so attention is memory
  * bound, and torch on a CPU without AVX-512 has no fast fp16 matmul (about 1 GB/s here). Storing
  * the cache in fp16 halves the bytes read; this kernel converts them in registers as it reads.
- * A decode step runs it inside layer.c's team of threads (fim_attend_task_f16, fim_rope_store).
+ * A prefill chunk is compute bound instead: there a task takes a block of up to QUERY_BLOCK new
+ * tokens over a head's keys and values, and each key or value it converts serves several
+ * tokens in registers; no fp32 copy of the cache is made, and only the block's rows of scores
+ * are kept. A layer runs its tasks inside layer.c's team of threads (fim_attend_task).
  *
- * Layouts (all contiguous along the last dimension):
- *   query [heads][new][dim] fp32, scaled here by `scale`
- *   keys, values: head h's token t at (h * head_stride + t * dim)
- *   out [new][heads][dim] fp32 (the layout transformers expects back)
- * New token i sits at position past + i and sees tokens 0 .. past + i (causal).
- * dim must be a multiple of 8 and at most MAX_DIM.
+ * A token's arithmetic is the same in any block, in the same order (each score one chain of
+ * products over the head's dims, the softmax over its row, the weighted values summed in key
+ * order), so a chunk gives each token what it gets alone, bit for bit.
+ *
+ * Layouts: kernels.h's Attention. dim must be a multiple of 8 and at most MAX_DIM.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -23,139 +25,258 @@
 #include "shares.h"
 #include "simd.h"
 
-#define MAX_DIM 256
-#define PREFETCH 1024 /* bytes ahead: 5-10% faster than the hardware prefetcher alone here */
+#define SCORE_QUERIES 2 /* score tiles: 2 tokens x 4 keys, their 8 sums, 4 keys and a query in
+                          * registers (3 tokens needed 17 of AVX2's 16) */
+#define SCORE_KEYS 4
+#define VALUE_QUERIES 4 /* value tiles of a block: 4 tokens x 16 dims */
+#define VALUE_BLOCKS 2
 
-static inline __m256 load8_f32(const float *p) { return _mm256_loadu_ps(p); }
-static inline __m256 load8_f16(const uint16_t *p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+/* Eight keys' or values' elements from `rows` at element `at`, as fp32. */
+INLINE __m256 load8(const void *rows, long at, const int half) {
+    if (half) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)rows + at)));
+    return _mm256_loadu_ps((const float *)rows + at);
 }
 
-static inline float sum8(__m256 v) {
+INLINE float sum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
-/* One (head, new token) pair: softmax(q . K^T) V over the tokens it sees, with `scores` as
- * scratch. The query is held in registers (dim / 8 of them), keys and values stream by once. */
-#define ATTEND_ONE(NAME, TYPE, LOAD8)                                                         \
-    static inline void NAME(const Attention *job, int head, int token, const int dim, float *scores) { \
-        const TYPE *keys = (const TYPE *)job->keys + head * job->head_stride;                 \
-        const TYPE *values = (const TYPE *)job->values + head * job->head_stride;             \
-        const float *q = job->query + ((long)head * job->new_tokens + token) * dim;           \
-        const int seen = job->past + token + 1, blocks = dim / 8;                             \
-        __m256 qv[MAX_DIM / 8], acc[MAX_DIM / 8];                                             \
-        const __m256 scale = _mm256_set1_ps(job->scale);                                      \
-        for (int b = 0; b < blocks; b++) qv[b] = _mm256_mul_ps(_mm256_loadu_ps(q + 8 * b), scale); \
-        float top = -INFINITY;                                                                \
-        for (int t = 0; t < seen; t++) {                                                      \
-            const TYPE *row = keys + (long)t * dim;                                           \
-            for (int at = 0; at < dim * (int)sizeof(TYPE); at += 64)                          \
-                _mm_prefetch((const char *)row + PREFETCH + at, _MM_HINT_T0);                 \
-            __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();                     \
-            for (int b = 0; b + 1 < blocks; b += 2) {                                         \
-                even = _mm256_fmadd_ps(qv[b], LOAD8(row + 8 * b), even);                      \
-                odd = _mm256_fmadd_ps(qv[b + 1], LOAD8(row + 8 * b + 8), odd);                \
-            }                                                                                 \
-            if (blocks % 2) even = _mm256_fmadd_ps(qv[blocks - 1], LOAD8(row + dim - 8), even); \
-            scores[t] = sum8(_mm256_add_ps(even, odd));                                       \
-            top = scores[t] > top ? scores[t] : top;                                          \
-        }                                                                                     \
-        /* e^(score - top), 8 at a time: a scalar expf per score took a third of the time. */ \
-        __m256 sums = _mm256_setzero_ps();                                                    \
-        const __m256 top8 = _mm256_set1_ps(top);                                              \
-        int t = 0;                                                                            \
-        for (; t + 8 <= seen; t += 8) {                                                       \
-            const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores + t), top8)); \
-            _mm256_storeu_ps(scores + t, e);                                                  \
-            sums = _mm256_add_ps(sums, e);                                                    \
-        }                                                                                     \
-        float total = sum8(sums);                                                             \
-        for (; t < seen; t++) total += scores[t] = expf(scores[t] - top);                     \
-        for (int b = 0; b < blocks; b++) acc[b] = _mm256_setzero_ps();                        \
-        for (int t = 0; t < seen; t++) {                                                      \
-            const TYPE *row = values + (long)t * dim;                                         \
-            for (int at = 0; at < dim * (int)sizeof(TYPE); at += 64)                          \
-                _mm_prefetch((const char *)row + PREFETCH + at, _MM_HINT_T0);                 \
-            const __m256 weight = _mm256_set1_ps(scores[t]);                                  \
-            for (int b = 0; b < blocks; b++) acc[b] = _mm256_fmadd_ps(weight, LOAD8(row + 8 * b), acc[b]); \
-        }                                                                                     \
-        float *out = job->out + ((long)token * job->heads + head) * dim;                      \
-        const __m256 inverse = _mm256_set1_ps(1.f / total);                                   \
-        for (int b = 0; b < blocks; b++) _mm256_storeu_ps(out + 8 * b, _mm256_mul_ps(acc[b], inverse)); \
+/* Four dot products' lanes summed, each as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)):
+ * [a, b, c, d]. A score's sum is the same whichever three others share its call. */
+INLINE __m128 sum4x8(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1));
+}
+
+/* Scores of Q tokens (queries qs [Q][dim], scaled) with keys t .. t + K - 1 into scores
+ * [Q][stride]: each key converted once for the Q tokens. */
+INLINE void score_tile(const int Q, const int K, const float *qs, const void *keys, int t,
+                       const int dim, const int half, float *scores, int stride) {
+    __m256 acc[SCORE_QUERIES][SCORE_KEYS];
+    for (int i = 0; i < Q; i++)
+        for (int j = 0; j < K; j++) acc[i][j] = _mm256_setzero_ps();
+    const long bytes = (long)dim * (half ? 2 : 4);
+    if (Q == 1) /* a decode step streams the keys from memory once */
+        for (long at = 0; at < K * bytes; at += 64)
+            _mm_prefetch((const char *)keys + t * bytes + PREFETCH + at, _MM_HINT_T0);
+    for (int b = 0; b < dim / 8; b++) {
+        __m256 k[SCORE_KEYS];
+        for (int j = 0; j < K; j++) k[j] = load8(keys, (long)(t + j) * dim + 8 * b, half);
+        for (int i = 0; i < Q; i++) {
+            const __m256 q = _mm256_loadu_ps(qs + i * dim + 8 * b);
+            for (int j = 0; j < K; j++) acc[i][j] = _mm256_fmadd_ps(q, k[j], acc[i][j]);
+        }
     }
-
-ATTEND_ONE(attend_one_f32, float, load8_f32)
-ATTEND_ONE(attend_one_f16, uint16_t, load8_f16)
-
-/* Task number `task` = head * new_tokens + token. The usual head size gets its own copy, with
- * dim a constant the compiler unrolls. */
-#define ATTEND_TASK(NAME, ONE)                                                                \
-    void NAME(const Attention *job, long task, float *scores) {                               \
-        const int head = task / job->new_tokens, token = task % job->new_tokens;              \
-        if (job->dim == 128) ONE(job, head, token, 128, scores);                              \
-        else ONE(job, head, token, job->dim, scores);                                         \
+    for (int i = 0; i < Q; i++) {
+        float *row = scores + i * stride + t;
+        if (K == 4) {
+            _mm_storeu_ps(row, sum4x8(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
+        } else if (K == 2) {
+            const __m128 two = sum4x8(acc[i][0], acc[i][1], acc[i][0], acc[i][1]);
+            row[0] = _mm_cvtss_f32(two), row[1] = _mm_cvtss_f32(_mm_shuffle_ps(two, two, 1));
+        } else {
+            row[0] = _mm_cvtss_f32(sum4x8(acc[i][0], acc[i][0], acc[i][0], acc[i][0]));
+        }
     }
+}
 
-ATTEND_TASK(fim_attend_task_f32, attend_one_f32)
-ATTEND_TASK(fim_attend_task_f16, attend_one_f16)
+/* Scores of Q tokens with keys 0 .. until - 1. A lone token (a decode step, memory bound) reads
+ * its keys two rows at a time: the four-key tiles' interleaved reads of four rows were 5-10%
+ * slower there. */
+INLINE void score_rows(const int Q, const float *qs, const void *keys, int until, const int dim,
+                       const int half, float *scores, int stride) {
+    int t = 0;
+    if (Q == 1)
+        for (; t + 2 <= until; t += 2) score_tile(1, 2, qs, keys, t, dim, half, scores, stride);
+    for (; t + SCORE_KEYS <= until; t += SCORE_KEYS)
+        score_tile(Q, SCORE_KEYS, qs, keys, t, dim, half, scores, stride);
+    for (; t < until; t++) score_tile(Q, 1, qs, keys, t, dim, half, scores, stride);
+}
 
-/* The (head, new token) pairs are shared out over OpenMP threads (shares.h). Loaded into a
- * process that has torch, this is torch's own OpenMP runtime (same soname), so these are torch's
- * threads: threads of our own would compete with torch's, which spin a while after each
- * operator. */
-#define ATTEND(NAME, TYPE, TASK)                                                              \
-    int NAME(const float *query, const TYPE *keys, const TYPE *values, float *out, int heads, \
-             int dim, int past, int new_tokens, long head_stride, float scale, int threads) { \
-        if (dim % 8 || dim > MAX_DIM || heads < 1 || new_tokens < 1 || past < 0 || threads < 1) \
-            return -1;                                                                        \
-        const Attention job = {query, keys, values, out, heads, dim, past, new_tokens, head_stride, scale}; \
-        const int tasks = heads * new_tokens, length = past + new_tokens;                     \
-        if (threads > tasks) threads = tasks;                                                 \
-        if (threads > MAX_TEAM) threads = MAX_TEAM;                                           \
-        float *scratch = malloc(sizeof(float) * (size_t)threads * (size_t)length);            \
-        if (!scratch) return -1;                                                              \
-        Share shares[MAX_TEAM];                                                               \
-        _Pragma("omp parallel num_threads(threads)")                                          \
-        {                                                                                     \
-            const int team = omp_get_num_threads(), me = omp_get_thread_num();               \
-            _Pragma("omp single")                                                             \
-            share_out(shares, team, tasks);                                                   \
-            float *scores = scratch + (size_t)me * (size_t)length;                            \
-            for (long task; (task = take(shares, team, me)) >= 0;) TASK(&job, task, scores);  \
-        }                                                                                     \
-        free(scratch);                                                                        \
-        return 0;                                                                             \
+/* A row of `seen` scores into e^(score - top), 8 at a time (a scalar expf per score took a third
+ * of a decode step's attention); returns their sum. The top is exact however it is found. */
+static float softmax_row(float *scores, int seen) {
+    __m256 top8 = _mm256_set1_ps(-INFINITY);
+    int t = 0;
+    for (; t + 8 <= seen; t += 8) top8 = _mm256_max_ps(top8, _mm256_loadu_ps(scores + t));
+    float tops[8], top = -INFINITY;
+    _mm256_storeu_ps(tops, top8);
+    for (int j = 0; j < 8; j++) top = tops[j] > top ? tops[j] : top;
+    for (; t < seen; t++) top = scores[t] > top ? scores[t] : top;
+    __m256 sums = _mm256_setzero_ps();
+    top8 = _mm256_set1_ps(top);
+    for (t = 0; t + 8 <= seen; t += 8) {
+        const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores + t), top8));
+        _mm256_storeu_ps(scores + t, e);
+        sums = _mm256_add_ps(sums, e);
     }
+    float total = sum8(sums);
+    for (; t < seen; t++) total += scores[t] = expf(scores[t] - top);
+    return total;
+}
 
-/* Each returns 0, or -1 for arguments it does not take (the caller then uses torch). */
-ATTEND(fim_attend_f32, float, fim_attend_task_f32)
-ATTEND(fim_attend_f16, uint16_t, fim_attend_task_f16)
+/* Outputs of Q tokens over dims 8 b0 .. 8 (b0 + D) - 1: the values weighted by their row of
+ * `weights` ([Q][stride]), summed in key order, over the keys each sees (token i: seen + i),
+ * divided by its total. Each value converted once for the Q tokens. */
+INLINE void value_tile(const int Q, const int D, const float *weights, int stride,
+                       const float *totals, const void *values, int seen, int b0, const int dim,
+                       const int half, float *out, long out_stride) {
+    __m256 acc[VALUE_QUERIES][MAX_DIM / 8];
+    for (int i = 0; i < Q; i++)
+        for (int d = 0; d < D; d++) acc[i][d] = _mm256_setzero_ps();
+    const long bytes = (long)dim * (half ? 2 : 4);
+    for (int t = 0; t < seen; t++) { /* keys every token of the tile sees */
+        if (D * 8 == dim) /* whole rows: one sequential stream, as a decode step reads it */
+            for (long at = 0; at < bytes; at += 64)
+                _mm_prefetch((const char *)values + t * bytes + PREFETCH + at, _MM_HINT_T0);
+        if (Q == 1) { /* each value used as it is converted: 16 of them would not stay in registers */
+            const __m256 w = _mm256_set1_ps(weights[t]);
+            for (int d = 0; d < D; d++)
+                acc[0][d] = _mm256_fmadd_ps(w, load8(values, (long)t * dim + 8 * (b0 + d), half), acc[0][d]);
+            continue;
+        }
+        __m256 v[MAX_DIM / 8];
+        for (int d = 0; d < D; d++) v[d] = load8(values, (long)t * dim + 8 * (b0 + d), half);
+        for (int i = 0; i < Q; i++) {
+            const __m256 w = _mm256_set1_ps(weights[i * stride + t]);
+            for (int d = 0; d < D; d++) acc[i][d] = _mm256_fmadd_ps(w, v[d], acc[i][d]);
+        }
+    }
+    for (int t = seen; t < seen + Q - 1; t++) { /* the keys only the later tokens see */
+        __m256 v[MAX_DIM / 8];
+        for (int d = 0; d < D; d++) v[d] = load8(values, (long)t * dim + 8 * (b0 + d), half);
+        for (int i = 0; i < Q; i++) {
+            if (t < seen + i) {
+                const __m256 w = _mm256_set1_ps(weights[i * stride + t]);
+                for (int d = 0; d < D; d++) acc[i][d] = _mm256_fmadd_ps(w, v[d], acc[i][d]);
+            }
+        }
+    }
+    for (int i = 0; i < Q; i++) {
+        const __m256 inverse = _mm256_set1_ps(1.f / totals[i]);
+        for (int d = 0; d < D; d++)
+            _mm256_storeu_ps(out + i * out_stride + 8 * (b0 + d), _mm256_mul_ps(acc[i][d], inverse));
+    }
+}
 
-/* GPT-NeoX's rotary embedding on the new tokens' queries and keys, then their keys and values
- * into an fp16 cache, for a decode step (one call instead of some twenty torch operators).
+/* Q tokens' outputs over all dims, VALUE_BLOCKS blocks of 8 at a time. */
+INLINE void value_rows(const int Q, const float *weights, int stride, const float *totals,
+                       const void *values, int seen, const int dim, const int half, float *out,
+                       long out_stride) {
+    int b0 = 0;
+    for (; b0 + VALUE_BLOCKS <= dim / 8; b0 += VALUE_BLOCKS)
+        value_tile(Q, VALUE_BLOCKS, weights, stride, totals, values, seen, b0, dim, half, out, out_stride);
+    for (; b0 < dim / 8; b0++)
+        value_tile(Q, 1, weights, stride, totals, values, seen, b0, dim, half, out, out_stride);
+}
+
+/* New tokens first .. first + count - 1 over head `head`. scratch: count * (dim + past + first +
+ * count) floats, for their scaled queries and their rows of scores. */
+INLINE void attend_block(const Attention *job, int head, int first, int count, const int dim,
+                         const int half, float *scratch) {
+    const long offset = head * job->head_stride * (half ? 2 : 4); /* bytes */
+    const void *keys = (const char *)job->keys + offset, *values = (const char *)job->values + offset;
+    const int seen = job->past + first + 1; /* keys the block's first token sees; token i, seen + i */
+    const int stride = seen + count - 1;    /* a row of scores: the keys the last token sees */
+    float *qs = scratch, *scores = scratch + count * dim, totals[QUERY_BLOCK];
+    const float *query = job->query + ((long)head * job->new_tokens + first) * dim;
+    const __m256 scale = _mm256_set1_ps(job->scale);
+    for (int at = 0; at < count * dim; at += 8)
+        _mm256_storeu_ps(qs + at, _mm256_mul_ps(_mm256_loadu_ps(query + at), scale));
+    int i = 0;
+    for (; i + SCORE_QUERIES <= count; i += SCORE_QUERIES)
+        score_rows(SCORE_QUERIES, qs + i * dim, keys, seen + i + SCORE_QUERIES - 1, dim, half,
+                   scores + i * stride, stride);
+    if (count - i == 1) score_rows(1, qs + i * dim, keys, seen + i, dim, half, scores + i * stride, stride);
+    for (i = 0; i < count; i++) totals[i] = softmax_row(scores + i * stride, seen + i);
+    float *out = job->out + ((long)first * job->heads + head) * dim;
+    const long out_stride = (long)job->heads * dim;
+    if (count == 1) { /* a decode step: each value row read once, whole */
+        if (dim == 128) value_tile(1, 16, scores, stride, totals, values, seen, 0, 128, half, out, out_stride);
+        else value_rows(1, scores, stride, totals, values, seen, dim, half, out, out_stride);
+        return;
+    }
+    for (i = 0; i < count; i += VALUE_QUERIES) {
+        float *w = scores + i * stride, *o = out + i * out_stride;
+        switch (count - i < VALUE_QUERIES ? count - i : VALUE_QUERIES) {
+            case 4: value_rows(4, w, stride, totals + i, values, seen + i, dim, half, o, out_stride); break;
+            case 3: value_rows(3, w, stride, totals + i, values, seen + i, dim, half, o, out_stride); break;
+            case 2: value_rows(2, w, stride, totals + i, values, seen + i, dim, half, o, out_stride); break;
+            case 1: value_rows(1, w, stride, totals + i, values, seen + i, dim, half, o, out_stride); break;
+        }
+    }
+}
+
+long fim_attend_tasks(const Attention *job) {
+    return (long)job->heads * ((job->new_tokens + QUERY_BLOCK - 1) / QUERY_BLOCK);
+}
+
+size_t fim_attend_scratch(const Attention *job) {
+    const int block = job->new_tokens < QUERY_BLOCK ? job->new_tokens : QUERY_BLOCK;
+    return (size_t)block * (size_t)(job->dim + job->past + job->new_tokens);
+}
+
+/* The usual head size gets its own copies, with dim a constant the compiler unrolls. */
+void fim_attend_task(const Attention *job, long task, float *scratch) {
+    const int blocks = (job->new_tokens + QUERY_BLOCK - 1) / QUERY_BLOCK;
+    const int head = task / blocks, first = task % blocks * QUERY_BLOCK;
+    const int count = job->new_tokens - first < QUERY_BLOCK ? job->new_tokens - first : QUERY_BLOCK;
+    if (job->half && job->dim == 128) attend_block(job, head, first, count, 128, 1, scratch);
+    else if (job->half) attend_block(job, head, first, count, job->dim, 1, scratch);
+    else if (job->dim == 128) attend_block(job, head, first, count, 128, 0, scratch);
+    else attend_block(job, head, first, count, job->dim, 0, scratch);
+}
+
+/* The tasks are shared out over OpenMP threads (shares.h). Loaded into a process that has torch,
+ * this is torch's own OpenMP runtime (same soname), so these are torch's threads: threads of our
+ * own would compete with torch's, which spin a while after each operator. */
+int fim_attend(const Attention *job, int threads) {
+    if (job->dim % 8 || job->dim > MAX_DIM || job->dim < 8 || job->heads < 1 ||
+        job->new_tokens < 1 || job->past < 0 || threads < 1)
+        return FIM_UNSUPPORTED;
+    const long tasks = fim_attend_tasks(job);
+    if (threads > tasks) threads = tasks;
+    if (threads > MAX_TEAM) threads = MAX_TEAM;
+    const size_t size = fim_attend_scratch(job);
+    float *scratch = malloc(sizeof(float) * size * threads);
+    if (!scratch) return FIM_NO_MEMORY;
+    Share shares[MAX_TEAM];
+    #pragma omp parallel num_threads(threads)
+    {
+        const int team = omp_get_num_threads(), me = omp_get_thread_num();
+        #pragma omp single
+        share_out(shares, team, tasks);
+        for (long task; (task = take(shares, team, me)) >= 0;)
+            fim_attend_task(job, task, scratch + size * me);
+    }
+    free(scratch);
+    return FIM_OK;
+}
+
+/* GPT-NeoX's rotary embedding on new tokens [first, end)'s queries and keys, then their keys
+ * and values into the fp16 cache, for a layer (one call instead of some twenty torch operators).
  *   qkv [new][heads][3][dim] fp32: the fused projection's output
- *   cos, sin [new][rotary]: the model's tables for the tokens' positions (halves repeated)
+ *   run->cos, run->sin [new][rotary]: the model's tables at the tokens' positions (halves repeated)
  *   query [heads][new][dim] fp32 out, as the attention above reads it
- *   keys, values: the cache's layout above; the new tokens go at past .. past + new - 1
+ *   run->keys, run->values: Attention's layout; the new tokens go at past .. past + new - 1
  * The first `rotary` dims of each head turn; the rest pass. Computed as transformers computes
  * it (x * cos + rotate_half(x) * sin, rounded after each operation, fp16 rounded to nearest
  * even), so the cache holds the same values either way. */
 __attribute__((optimize("fp-contract=off")))
-int fim_rope_store(const float *qkv, int new_tokens, int heads, int dim, int rotary,
-                   const float *cos, const float *sin, float *query, uint16_t *keys,
-                   uint16_t *values, long head_stride, int past) {
-    if (dim % 8 || dim > MAX_DIM || rotary % 2 || rotary > dim || new_tokens < 1 || past < 0)
-        return -1;
-    const int half = rotary / 2;
+int fim_rope_store(const LayerRun *run, const float *qkv, float *query, int first, int end) {
+    const int heads = run->heads, dim = run->dim, rotary = run->rotary, half = rotary / 2;
+    if (dim % 8 || dim > MAX_DIM || rotary % 2 || rotary > dim || run->past < 0 || first < 0 ||
+        end > run->new_tokens)
+        return FIM_UNSUPPORTED;
     float turned[MAX_DIM];
-    for (int t = 0; t < new_tokens; t++) {
-        const float *c = cos + (long)t * rotary, *s = sin + (long)t * rotary;
+    for (int t = first; t < end; t++) {
+        const float *c = run->cos + (long)t * rotary, *s = run->sin + (long)t * rotary;
         for (int h = 0; h < heads; h++) {
             const float *q = qkv + ((long)t * heads + h) * 3 * dim, *k = q + dim, *v = k + dim;
-            const long at = h * head_stride + (long)(past + t) * dim;
-            float *q_out = query + ((long)h * new_tokens + t) * dim;
+            const long at = h * run->head_stride + (long)(run->past + t) * dim;
+            float *q_out = query + ((long)h * run->new_tokens + t) * dim;
             for (int i = 0; i < dim; i++) q_out[i] = q[i];
             for (int i = 0; i < half; i++) {
                 q_out[i] = q[i] * c[i] + -q[i + half] * s[i];
@@ -167,12 +288,12 @@ int fim_rope_store(const float *qkv, int new_tokens, int heads, int dim, int rot
                 turned[i + half] = k[i + half] * c[i + half] + k[i] * s[i + half];
             }
             for (int i = 0; i < dim; i += 8) {
-                _mm_storeu_si128((__m128i *)(keys + at + i),
+                _mm_storeu_si128((__m128i *)(run->keys + at + i),
                                  _mm256_cvtps_ph(_mm256_loadu_ps(turned + i), _MM_FROUND_TO_NEAREST_INT));
-                _mm_storeu_si128((__m128i *)(values + at + i),
+                _mm_storeu_si128((__m128i *)(run->values + at + i),
                                  _mm256_cvtps_ph(_mm256_loadu_ps(v + i), _MM_FROUND_TO_NEAREST_INT));
             }
         }
     }
-    return 0;
+    return FIM_OK;
 }

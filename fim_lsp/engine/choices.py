@@ -158,13 +158,18 @@ def choose(device: str, quantization: str, int8: str | None = None) -> Precision
         layers = INT8_LAYERS[int8]
         if problem := layers.problem(target):
             raise EngineError(f"{problem}; or set quantization to none (about 4x the memory)")
-        return Precision(target, dtype, layers, f"8-bit {int8} linear layers on {target}")
+        return Precision(target, dtype, layers, f"8-bit {named(layers)} linear layers on {target}")
     missing = {layers.name: layers.problem(target) for layers in OURS[target]}
     ours = next(layers for layers in OURS[target] if missing[layers.name] is None)
     winner, measured = timed_winner(ours, target, dtype)
     notes = [f"no {name}: {problem}" for name, problem in missing.items() if problem]
-    reason = f"8-bit {winner.name} linear layers on {target} ({'; '.join([measured, *notes])})"
+    reason = f"8-bit {named(winner)} linear layers on {target} ({'; '.join([measured, *notes])})"
     return Precision(target, dtype, winner, reason)
+
+
+def named(layers: Int8Layers) -> str:
+    """The int8 layers' name for the log: the C kernel's with the ISA its products run on."""
+    return f"{layers.name} ({linear.kernel_isa()})" if layers is C_KERNEL else layers.name
 
 
 def timed_winner(ours: Int8Layers, device: str, dtype: torch.dtype) -> tuple[Int8Layers, str]:

@@ -1,4 +1,4 @@
-"""A forward pass of a few new tokens on a CPU, in one C call per layer (`layer.c`).
+"""A forward pass of new tokens after the cached ones on a CPU, in one C call per layer (`layer.c`).
 
 transformers' GPT-NeoX layer runs about forty torch operators per layer for one new token (the
 rotary embedding by slicing and concatenating, the cache write, reshapes, layer norms, GELU, the
@@ -11,12 +11,13 @@ team of threads (see layer.c for why).
 
 The layer norms and GELU are computed in C, so the logits differ from transformers' in the last
 bits (tested within 1e-5 of their largest, with the same greedy tokens): about as much as the
-attention kernel already differs from torch's sdpa, which prefill chunks use.
+attention kernel differs from torch's sdpa.
 
-It runs decode steps, draft checks and warm keystrokes (up to STEP_MAX_TOKENS new tokens after
-cached ones) when the C kernels run the model: int8 through `linear.c`, attention through
-`attention.c` on an fp16 cache, and a GPT-NeoX with parallel residuals and exact GELU. Longer
-runs (prefill chunks) go through the model's torch modules (neox.py).
+It runs decode steps, draft checks, warm keystrokes and prefill chunks (a cold prompt too) when
+the C kernels run the model: int8 through `linear.c` (a chunk's products on gemm.c's register
+tiles), attention through `attention.c` on an fp16 cache, and a GPT-NeoX with parallel residuals
+and exact GELU. Every token's arithmetic is its own, so a chunk gives the logits its tokens give
+one at a time, bit for bit.
 """
 
 from __future__ import annotations
@@ -26,53 +27,19 @@ import functools
 
 import torch
 
+from fim_lsp.engine import abi
+from fim_lsp.engine.abi import Fused, LayerRun, LayerWeights
 from fim_lsp.engine.attention import load_kernel as load_attention
 from fim_lsp.engine.choices import Precision
 from fim_lsp.engine.kv_cache import KVCache
-from fim_lsp.engine.linear import Fused, Int8Linear, KernelWeights, run_into
+from fim_lsp.engine.linear import Int8Linear, run_into
 from fim_lsp.engine.linear import load_kernel as load_linear
 from fim_lsp.engine.native import NativeError, problem
 from fim_lsp.engine.neox import NeoX, apply_rotary
 
-# Longer runs of new tokens (prefill chunks) are compute bound: they go through torch's modules.
-STEP_MAX_TOKENS = 16
-
-
-class LayerWeights(ctypes.Structure):
-    """layer.c's `LayerWeights`: a layer's four products and its two layer norms."""
-
-    _fields_ = [
-        ("qkv", ctypes.POINTER(KernelWeights)),
-        ("dense", ctypes.POINTER(KernelWeights)),
-        ("up", ctypes.POINTER(KernelWeights)),
-        ("down", ctypes.POINTER(KernelWeights)),
-        ("before_attention", Fused),
-        ("before_mlp", Fused),
-    ]
-
-
-class LayerRun(ctypes.Structure):
-    """layer.c's `LayerRun`: what one call of a layer reads and writes."""
-
-    _fields_ = [
-        ("new_tokens", ctypes.c_int),
-        ("heads", ctypes.c_int),
-        ("dim", ctypes.c_int),
-        ("rotary", ctypes.c_int),
-        ("past", ctypes.c_int),
-        ("head_stride", ctypes.c_long),
-        ("scaling", ctypes.c_float),
-        ("cos", ctypes.c_void_p),
-        ("sin", ctypes.c_void_p),
-        ("keys", ctypes.c_void_p),
-        ("values", ctypes.c_void_p),
-        ("x", ctypes.c_void_p),
-        ("after", ctypes.c_void_p),
-    ]
-
 
 class CpuStep:
-    """The model's forward pass for a few new tokens after the cached ones."""
+    """The model's forward pass for new tokens after the cached ones."""
 
     def __init__(self, model: NeoX):
         self.model = model
@@ -103,8 +70,8 @@ class CpuStep:
             return "the linear layers are not the C int8 kernel's"
         if not shape.parallel_residual:
             return "a GPT-NeoX without parallel residuals"
-        if shape.head_dim % 8 or shape.head_dim > 256 or shape.rotary % 2:
-            return f"heads of {shape.head_dim} dims (attention.c takes multiples of 8 to 256)"
+        if shape.head_dim % 8 or shape.head_dim > abi.MAX_DIM or shape.rotary % 2:
+            return f"heads of {shape.head_dim} dims (attention.c takes multiples of 8 to {abi.MAX_DIM})"
         return problem(load_kernel)
 
     def __call__(self, cache: KVCache, ids: list[int], keep: int) -> torch.Tensor:
@@ -140,8 +107,9 @@ class CpuStep:
         return Fused(weight.data_ptr(), bias.data_ptr(), norm.eps, gelu)
 
     def layer(self, weights: LayerWeights, run: LayerRun, threads: int) -> None:
-        if self.library.fim_layer(ctypes.byref(weights), ctypes.byref(run), threads):
-            raise MemoryError("no memory for a decode step's scratch buffers")
+        abi.check(
+            self.library.fim_layer(ctypes.byref(weights), ctypes.byref(run), threads), "fim_layer"
+        )
 
     def linear(
         self,
@@ -156,16 +124,9 @@ class CpuStep:
 
 @functools.cache
 def load_kernel() -> ctypes.CDLL:
-    """The C library with both kernels and `fim_rope_store` declared and checked."""
+    """The C library with both kernels and `fim_rope_store` checked; raises NativeError."""
     library = load_linear()
     load_attention()
-    pointer, number = ctypes.c_void_p, ctypes.c_int
-    library.fim_rope_store.argtypes = [
-        pointer, *[number] * 4, *[pointer] * 5, ctypes.c_long, number,
-    ]  # fmt: skip
-    library.fim_rope_store.restype = number
-    library.fim_layer.argtypes = [pointer, pointer, number]
-    library.fim_layer.restype = number
     check(library)
     return library
 
@@ -180,10 +141,12 @@ def check(library: ctypes.CDLL) -> None:
     cos, sin = angles.cos(), angles.sin()
     query = torch.empty(heads, new, dim)
     keys, values = torch.zeros(2, heads, capacity, dim, dtype=torch.float16)
-    library.fim_rope_store(
-        qkv.data_ptr(), new, heads, dim, rotary, cos.data_ptr(), sin.data_ptr(),
-        query.data_ptr(), keys.data_ptr(), values.data_ptr(), capacity * dim, past,
+    run = LayerRun(
+        new, heads, dim, rotary, past, capacity * dim, 0.0,
+        cos.data_ptr(), sin.data_ptr(), keys.data_ptr(), values.data_ptr(),
     )  # fmt: skip
+    status = library.fim_rope_store(ctypes.byref(run), qkv.data_ptr(), query.data_ptr(), 0, new)
+    abi.check(status, "fim_rope_store")
     q, k, v = qkv.transpose(0, 1).chunk(3, dim=-1)  # [heads, new, dim] each
     q, k = apply_rotary(q, k, cos, sin)
     cached = slice(past, past + new)

@@ -14,7 +14,7 @@ import torch
 
 from fim_lsp.backend import Generation, GenerationOptions, take
 from fim_lsp.engine.choices import Precision, machine_key, remembered
-from fim_lsp.engine.cpu_step import STEP_MAX_TOKENS, CpuStep
+from fim_lsp.engine.cpu_step import CpuStep
 from fim_lsp.engine.kv_cache import KVCache, PromptStore
 from fim_lsp.engine.neox import NeoX
 from fim_lsp.errors import EngineError
@@ -60,7 +60,7 @@ class Engine:
 
     @property
     def steps(self) -> str:
-        """What runs a few new tokens, for the log."""
+        """What runs the model's forward passes, for the log."""
         if self.step_problem:
             return f"torch modules ({self.step_problem})"
         return "C step (one C call per layer)"
@@ -243,7 +243,7 @@ class Engine:
 
     def forward(self, ids: list[int], keep: int = 1) -> torch.Tensor:
         # ids -> logits: [keep, vocab] for the last `keep` positions
-        if self.step and len(ids) <= STEP_MAX_TOKENS:
+        if self.step:
             logits = self.step(self.cache, ids, keep)
         else:
             logits = self.model(ids, self.cache, keep)

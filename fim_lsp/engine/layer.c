@@ -1,5 +1,6 @@
-/* One GPT-NeoX layer (parallel residuals, exact GELU) for a few new tokens, in one call and one
- * team of threads, for cpu_step.py.
+/* One GPT-NeoX layer (parallel residuals, exact GELU) for a run of new tokens after the cached
+ * ones, from one decode token to a whole prefill chunk, in one call and one team of threads,
+ * for cpu_step.py.
  *
  * Why one call: a decode step is 97 int8 products and 24 attentions, each reading megabytes, and
  * run one by one each started its threads, warmed its reads up and ended with a core idle while
@@ -9,7 +10,8 @@
  *   2. attention (needs 1's queries, keys, values) and the MLP's second product (needs 1's GELU)
  *   3. the attention's output product, adding the MLP's output and the input (the residuals)
  * The sums come out in transformers' order, (mlp + attention) + input: 3 computes
- * attention + mlp, the same number.
+ * attention + mlp, the same number. Every token's arithmetic is its own (linear.c, attention.c),
+ * so a chunk gives the outputs its tokens give one at a time, bit for bit.
  */
 #include <omp.h>
 #include <stdlib.h>
@@ -17,43 +19,30 @@
 #include "kernels.h"
 #include "shares.h"
 
-typedef struct {
-    const Weights *qkv, *dense, *up, *down;
-    Fused before_attention, before_mlp;  /* layer norms, and GELU after the first MLP product */
-} LayerWeights;
-
-typedef struct {
-    int new_tokens, heads, dim, rotary, past;
-    long head_stride;
-    float scaling;
-    const float *cos, *sin;  /* [new][rotary]: the rotary tables at the new tokens' positions */
-    uint16_t *keys, *values; /* the layer's fp16 cache (attention.c's layout), room for the new */
-    const float *x;          /* [new][width]: the layer's input */
-    float *after;            /* [new][width]: its output */
-} LayerRun;
-
-/* Returns 0, or 1 when scratch memory cannot be had. */
 int fim_layer(const LayerWeights *w, const LayerRun *run, int threads) {
     const int m = run->new_tokens, width = w->qkv->k, inner = w->up->n;
-    const int length = run->past + m;
+    if (m < 1 || run->past < 0 || threads < 1 || run->dim % 8 || run->dim > MAX_DIM ||
+        run->rotary % 2 || run->rotary > run->dim || run->heads * run->dim != width)
+        return FIM_UNSUPPORTED;
     if (threads > MAX_TEAM) threads = MAX_TEAM;
-    float *qkv = malloc(sizeof(float) * (size_t)m * w->qkv->n);
     float *query = malloc(sizeof(float) * (size_t)m * width);
     float *attended = malloc(sizeof(float) * (size_t)m * width);
+    const Attention attention = {query, run->keys, run->values, attended, run->heads, run->dim,
+                                 run->past, m, run->head_stride, run->scaling, 1};
+    const size_t scratch_size = fim_attend_scratch(&attention);
+    float *qkv = malloc(sizeof(float) * (size_t)m * w->qkv->n);
     float *hidden = malloc(sizeof(float) * (size_t)m * inner);
     float *mlp = malloc(sizeof(float) * (size_t)m * width);
-    float *scores = malloc(sizeof(float) * (size_t)threads * length);
+    float *scratch = malloc(sizeof(float) * scratch_size * threads);
     Activations for_qkv = {0}, for_up = {0}, for_down = {0}, for_dense = {0};
-    int failed = !qkv || !query || !attended || !hidden || !mlp || !scores;
-    failed = failed || fim_activations_init(&for_qkv, m, width, 1)
-             || fim_activations_init(&for_up, m, width, 1)
-             || fim_activations_init(&for_down, m, inner, 0)
-             || fim_activations_init(&for_dense, m, width, 0);
-    if (!failed) {
-        const Attention attention = {query, run->keys, run->values, attended, run->heads,
-                                     run->dim, run->past, m, run->head_stride, run->scaling};
+    int status = !qkv || !query || !attended || !hidden || !mlp || !scratch ? FIM_NO_MEMORY : FIM_OK;
+    if (status == FIM_OK)
+        status = fim_activations_init(&for_qkv, m, width, 1) || fim_activations_init(&for_up, m, width, 1)
+                 || fim_activations_init(&for_down, m, inner, 0)
+                 || fim_activations_init(&for_dense, m, width, 0) ? FIM_NO_MEMORY : FIM_OK;
+    if (status == FIM_OK) {
         const Fused residuals = {.then_add = mlp, .and_add = run->x};
-        const long qkv_items = fim_product_items(w->qkv), tasks = (long)run->heads * m;
+        const long qkv_items = fim_product_items(w->qkv), tasks = fim_attend_tasks(&attention);
         Share shares[MAX_TEAM];
         #pragma omp parallel num_threads(threads)
         {
@@ -71,18 +60,16 @@ int fim_layer(const LayerWeights *w, const LayerRun *run, int threads) {
                 else fim_product_item(w->up, &for_up, hidden, &w->before_mlp, item - qkv_items);
             }
             #pragma omp barrier
-            /* 2: rotary embedding and the cache write (dims checked by cpu_step.py), then
+            /* 2: rotary embedding and the cache write, quantizing the MLP's hidden rows, then
              * attention beside the MLP's second product */
             #pragma omp single nowait
-            {
-                fim_rope_store(qkv, m, run->heads, run->dim, run->rotary, run->cos, run->sin,
-                               query, run->keys, run->values, run->head_stride, run->past);
-                share_out(shares, team, tasks + fim_product_items(w->down));
-            }
+            share_out(shares, team, tasks + fim_product_items(w->down));
+            #pragma omp for schedule(static) nowait
+            for (int t = 0; t < m; t++) fim_rope_store(run, qkv, query, t, t + 1);
             #pragma omp for schedule(static)
             for (int t = 0; t < m; t++) fim_quantize_row(&for_down, hidden, t, NULL);
             for (long item; (item = take(shares, team, me)) >= 0;) {
-                if (item < tasks) fim_attend_task_f16(&attention, item, scores + (long)me * length);
+                if (item < tasks) fim_attend_task(&attention, item, scratch + scratch_size * me);
                 else fim_product_item(w->down, &for_down, mlp, NULL, item - tasks);
             }
             #pragma omp barrier
@@ -97,6 +84,6 @@ int fim_layer(const LayerWeights *w, const LayerRun *run, int threads) {
     }
     fim_activations_free(&for_qkv), fim_activations_free(&for_up);
     fim_activations_free(&for_down), fim_activations_free(&for_dense);
-    free(qkv), free(query), free(attended), free(hidden), free(mlp), free(scores);
-    return failed;
+    free(qkv), free(query), free(attended), free(hidden), free(mlp), free(scratch);
+    return status;
 }

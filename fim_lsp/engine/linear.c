@@ -4,22 +4,20 @@
  * Why not torch's (fbgemm): a decode step reads every weight once, so it is memory bound, and
  * fbgemm's int8 matrix-vector product reads at 75-85% of the rate a plain sum reaches here. This
  * one streams each thread's weights in one sequential run, with software prefetch, and shares
- * the panels out so that neither core idles at the end (shares.h). Its GEMM for prefill is as
- * fast as fbgemm's (about 200-250 GOP/s on 2 cores of an AMD EPYC). Its pieces (kernels.h) also
- * run inside layer.c's team of threads.
+ * the panels out so that neither core idles at the end (shares.h). A prefill chunk is compute
+ * bound: its products run gemm.c's register tiles over all the chunk's tokens per group of
+ * weight panels, with AVX-512 VNNI where the CPU has it. Its pieces (kernels.h) also run inside
+ * layer.c's team of threads.
  *
  * Numbers: weights are int8, symmetric, one scale per output channel. Activations are quantized
- * per row (per token), asymmetric, to 0..127: 7 bits, so that vpmaddubsw's pairs of
- * u8 x s8 products cannot saturate int16 (2 x 127 x 127 < 32767). Each token's result depends on
- * its own row only, so a token gives the same output alone or in a batch, bit for bit.
+ * per row (per token), asymmetric, to 0..127 (kernels.h's Activations). Each token's result
+ * depends on its own row only, and the int32 sums are exact, so a token gives the same output
+ * alone or in a batch, on either ISA, bit for bit.
  *
- * Layouts:
- *   x [m][k] fp32, y [m][n] fp32; the weights (kernels.h's Weights): bias [n] fp32 or NULL
- *   fused (kernels.h; layer.c's decode step, NULL for a plain product): a layer norm of x's rows
- *   before the product, GELU after the bias, then two [m][n] arrays added in order (residuals)
- *   weights packed [ceil(n/16)][ceil(k/4)][16][4] int8: for 4 consecutive inputs, 16 outputs'
- *   weights in 64 bytes, zero where the padding runs past n or k; scale [n], sum [n] (the
- *   sum of each output's int8 weights, for the activations' zero point).
+ * Layouts (kernels.h's Weights and Fused):
+ *   x [m][k] fp32, y [m][n] fp32
+ *   fused (layer.c's layers, NULL for a plain product): a layer norm of x's rows before the
+ *   product, GELU after the bias, then two [m][n] arrays added in order (residuals)
  */
 #include <immintrin.h>
 #include <math.h>
@@ -32,8 +30,6 @@
 #include "shares.h"
 #include "simd.h"
 
-#define MAX_ROWS 4      /* tokens per register block */
-#define PREFETCH 1024   /* bytes ahead: measured to keep enough reads in flight on one core */
 #define CHUNK (128 << 10) /* weight bytes per work item shared out (shares.h) */
 
 /* x's row into 0..127 (stride kp, zero padded); returns its scale, sets its zero point. */
@@ -70,26 +66,6 @@ static float quantize_row(const float *x, int k, int kp, uint8_t *q, int32_t *ze
     }
     memset(q + k, 0, kp - k);
     return scale;
-}
-
-/* The int32 dot products of `rows` quantized tokens with one panel of 16 outputs. */
-static inline __attribute__((always_inline)) void dot_panel(
-    const int rows, const uint8_t *q, int kp, const int8_t *panel, __m256i acc[MAX_ROWS][2]) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-    for (int step = 0; step < kp / 4; step++) {
-        const int8_t *w = panel + step * 64;
-        _mm_prefetch((const char *)w + PREFETCH, _MM_HINT_T0);
-        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w);
-        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + 32));
-        for (int r = 0; r < rows; r++) {
-            int32_t four;
-            memcpy(&four, q + (long)r * kp + step * 4, 4);
-            const __m256i a = _mm256_set1_epi32(four);
-            acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(a, w0), ones));
-            acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(a, w1), ones));
-        }
-    }
 }
 
 typedef struct {
@@ -134,61 +110,63 @@ static void layer_norm_row(const float *x, int k, const Fused *fused, float *out
         out[i] = (x[i] - (float)mean) * inverse * fused->norm_weight[i] + fused->norm_bias[i];
 }
 
-/* y for tokens t0 .. t0 + rows - 1 and panel p: undo both zero points and scales, add bias. */
-static inline __attribute__((always_inline)) void panel_rows(const Job *job, const int rows,
-                                                              int t0, int p, const int8_t *panel) {
-    __m256i acc[MAX_ROWS][2];
-    dot_panel(rows, job->q + (long)t0 * job->kp, job->kp, panel, acc);
-    /* Each output's weight sum, scale and bias, repeated past n in a last partial panel. */
-    const int first = p * 16, width = job->n - first < 16 ? job->n - first : 16;
-    int32_t sums[16];
-    float scales[16], biases[16], out[16];
-    for (int j = 0; j < 16; j++) {
-        const int o = first + (j < width ? j : width - 1);
-        sums[j] = job->w_sum[o], scales[j] = job->w_scale[o];
-        biases[j] = job->bias ? job->bias[o] : 0.f;
+/* A panel's outputs as the epilogue reads them: each output's weight sum, scale and bias,
+ * repeated past n in a last partial panel. */
+typedef struct {
+    int first, width; /* outputs first .. first + width - 1 */
+    int32_t sums[PANEL];
+    float scales[PANEL], biases[PANEL];
+} PanelOutputs;
+
+static void panel_outputs(const Job *job, int p, PanelOutputs *out) {
+    out->first = p * PANEL;
+    out->width = job->n - out->first < PANEL ? job->n - out->first : PANEL;
+    for (int j = 0; j < PANEL; j++) {
+        const int o = out->first + (j < out->width ? j : out->width - 1);
+        out->sums[j] = job->w_sum[o], out->scales[j] = job->w_scale[o];
+        out->biases[j] = job->bias ? job->bias[o] : 0.f;
     }
+}
+
+/* y for rows t0 .. t0 + rows - 1 of a panel from their int32 dots (dots [rows][stride], the
+ * panel's 16 first): undo both zero points and scales, add the bias, then what `fused` adds. The
+ * one place dots become outputs, whichever ISA computed them. */
+static void finish_panel(const Job *job, const PanelOutputs *panel, int t0, int rows,
+                         const int32_t *dots, int stride) {
+    float out[PANEL];
     for (int r = 0; r < rows; r++) {
         const int t = t0 + r;
         const __m256 a_scale = _mm256_set1_ps(job->a_scale[t]);
         const __m256i a_zero = _mm256_set1_epi32(job->a_zero[t]);
-        for (int h = 0; h < 2; h++) {
-            const __m256i sum = _mm256_loadu_si256((const __m256i *)(sums + 8 * h));
-            const __m256i v = _mm256_sub_epi32(acc[r][h], _mm256_mullo_epi32(a_zero, sum));
+        for (int h = 0; h < PANEL; h += 8) {
+            const __m256i dot = _mm256_loadu_si256((const __m256i *)(dots + r * stride + h));
+            const __m256i sum = _mm256_loadu_si256((const __m256i *)(panel->sums + h));
+            const __m256i v = _mm256_sub_epi32(dot, _mm256_mullo_epi32(a_zero, sum));
             const __m256 f = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), a_scale),
-                                           _mm256_loadu_ps(scales + 8 * h));
-            __m256 v8 = _mm256_add_ps(f, _mm256_loadu_ps(biases + 8 * h));
+                                           _mm256_loadu_ps(panel->scales + h));
+            __m256 v8 = _mm256_add_ps(f, _mm256_loadu_ps(panel->biases + h));
             if (job->fused && job->fused->gelu) v8 = gelu8(v8);
-            _mm256_storeu_ps(out + 8 * h, v8);
+            _mm256_storeu_ps(out + h, v8);
         }
-        const long at = (long)t * job->n + first;
+        const long at = (long)t * job->n + panel->first;
         if (job->fused && job->fused->then_add)
-            for (int j = 0; j < width; j++) out[j] += job->fused->then_add[at + j];
+            for (int j = 0; j < panel->width; j++) out[j] += job->fused->then_add[at + j];
         if (job->fused && job->fused->and_add)
-            for (int j = 0; j < width; j++) out[j] += job->fused->and_add[at + j];
-        memcpy(job->y + at, out, sizeof(float) * width);
+            for (int j = 0; j < panel->width; j++) out[j] += job->fused->and_add[at + j];
+        memcpy(job->y + at, out, sizeof(float) * panel->width);
     }
 }
 
-static void run_panel(const Job *job, int m, int p, const int8_t *panel) {
-    int t0 = 0;
-    for (; t0 + MAX_ROWS <= m; t0 += MAX_ROWS) panel_rows(job, MAX_ROWS, t0, p, panel);
-    switch (m - t0) {
-        case 3: panel_rows(job, 3, t0, p, panel); break;
-        case 2: panel_rows(job, 2, t0, p, panel); break;
-        case 1: panel_rows(job, 1, t0, p, panel); break;
-    }
-}
-
+/* FIM_OK, or FIM_NO_MEMORY (with nothing left allocated). */
 int fim_activations_init(Activations *a, int m, int k, int normed) {
-    a->m = m, a->k = k, a->kp = (k + 3) / 4 * 4;
+    a->m = m, a->k = k, a->kp = (k + GROUP - 1) / GROUP * GROUP;
     a->q = aligned_alloc(64, ((size_t)m * a->kp + 63) / 64 * 64);
     a->scale = malloc(sizeof(float) * m);
     a->zero = malloc(sizeof(int32_t) * m);
     a->normed = normed ? malloc(sizeof(float) * (size_t)m * k) : NULL;
-    if (a->q && a->scale && a->zero && (a->normed || !normed)) return 0;
+    if (a->q && a->scale && a->zero && (a->normed || !normed)) return FIM_OK;
     fim_activations_free(a);
-    return 1;
+    return FIM_NO_MEMORY;
 }
 
 void fim_activations_free(Activations *a) {
@@ -205,31 +183,51 @@ void fim_quantize_row(Activations *a, const float *x, int t, const Fused *fused)
     a->scale[t] = quantize_row(row, a->k, a->kp, a->q + (long)t * a->kp, a->zero + t);
 }
 
-/* Panels per work item: about CHUNK bytes of weights, read in one sequential run. */
+/* Panels per work item: about CHUNK bytes of weights, read in one sequential run, in whole
+ * groups of the ISA's tile. */
 static int panels_per_item(const Weights *w) {
-    const int panel = 16 * ((w->k + 3) / 4 * 4);
-    return panel >= CHUNK ? 1 : CHUNK / panel;
+    int rows, group;
+    fim_tile_shape(&rows, &group);
+    const int panel = PANEL * ((w->k + GROUP - 1) / GROUP * GROUP);
+    const int groups = CHUNK / panel / group;
+    return (groups > 1 ? groups : 1) * group;
 }
 
 long fim_product_items(const Weights *w) {
-    const int panels = (w->n + 15) / 16, per_item = panels_per_item(w);
+    const int panels = (w->n + PANEL - 1) / PANEL, per_item = panels_per_item(w);
     return (panels + per_item - 1) / per_item;
 }
 
+/* The item's panels a tile's group at a time, each group over all rows while its weights stay
+ * in the core's cache. */
 void fim_product_item(const Weights *w, const Activations *a, float *y, const Fused *fused,
                       long item) {
     const Job job = {w->k, a->kp, w->n, a->q, a->scale, a->zero, w->scale, w->bias, w->sum, y, fused};
-    const int panels = (w->n + 15) / 16, per_item = panels_per_item(w);
+    int rows, group;
+    fim_tile_shape(&rows, &group);
+    const int panels = (w->n + PANEL - 1) / PANEL, per_item = panels_per_item(w);
     const int end = (item + 1) * per_item < panels ? (item + 1) * per_item : panels;
-    for (int p = item * per_item; p < end; p++) run_panel(&job, a->m, p, w->packed + (long)p * 16 * a->kp);
+    int32_t dots[TILE_ROWS * TILE_PANELS * PANEL];
+    PanelOutputs outputs[TILE_PANELS];
+    for (int p = item * per_item; p < end; p += group) {
+        const int count = end - p < group ? end - p : group;
+        for (int j = 0; j < count; j++) panel_outputs(&job, p + j, outputs + j);
+        for (int t = 0; t < a->m; t += rows) {
+            const int r = a->m - t < rows ? a->m - t : rows;
+            fim_dot_tile(a->q + (long)t * a->kp, a->kp, r, w->packed + (long)p * PANEL * a->kp,
+                         count, dots);
+            for (int j = 0; j < count; j++)
+                finish_panel(&job, outputs + j, t, r, dots + j * PANEL, count * PANEL);
+        }
+    }
 }
 
-/* y = x W^T + bias, with what `fused` adds. Returns 0, or 1 when scratch memory cannot be had. */
 int fim_linear_i8(const float *x, int m, const Weights *weights, float *y, const Fused *fused,
                   int threads) {
-    if (m == 0) return 0;
+    if (m < 0 || weights->k < 1 || weights->n < 1 || threads < 1) return FIM_UNSUPPORTED;
+    if (m == 0) return FIM_OK;
     Activations a;
-    if (fim_activations_init(&a, m, weights->k, fused && fused->norm_weight)) return 1;
+    if (fim_activations_init(&a, m, weights->k, fused && fused->norm_weight)) return FIM_NO_MEMORY;
     Share shares[MAX_TEAM];
     #pragma omp parallel num_threads(threads < MAX_TEAM ? threads : MAX_TEAM)
     {
@@ -243,5 +241,5 @@ int fim_linear_i8(const float *x, int m, const Weights *weights, float *y, const
             fim_product_item(weights, &a, y, fused, item);
     }
     fim_activations_free(&a);
-    return 0;
+    return FIM_OK;
 }

@@ -3,12 +3,12 @@
 Weights are quantized once at load, symmetric, one scale per output channel.
 
 On a CPU, decoding reads every weight once per token, so it runs at the speed the weights stream
-from memory. Measured on 97 layers of FIM-NeoX-1.3B's shapes, one token (bench/reports/
+from memory; a prefill chunk is compute bound, and runs on register tiles over all its tokens
+(gemm.c: AVX-512 VNNI where the CPU has it, else AVX2). Measured on 97 layers of FIM-NeoX-1.3B's shapes, one token (bench/reports/
 decode-profile-2026-11-26-int8-kernel.md): the kernel at 1.15-1.2x the time a plain sum takes to
 read the same bytes, torch's dynamic int8 layers (fbgemm) at 1.25-1.4x; since its work is shared
 out by taking from each other (shares.h), 1.09-1.16x (decode-profile-2026-11-26-huge-pages.md).
-For prefill it is as fast
-as fbgemm. It also quantizes each token's activations on their own (fbgemm: one scale per call),
+It also quantizes each token's activations on their own (fbgemm: one scale per call),
 so a token's output is the same alone or in a batch, which keeps speculative decoding exact, and
 its weights have one scale per output channel (fbgemm's default: one per matrix).
 
@@ -22,11 +22,9 @@ import functools
 
 import torch
 
-from fim_lsp.engine import memory
-from fim_lsp.engine.native import NativeError, load_library, problem
-
-PANEL = 16  # outputs per packed panel, and inputs per group: as linear.c reads them
-GROUP = 4
+from fim_lsp.engine import abi, memory
+from fim_lsp.engine.abi import GROUP, PANEL
+from fim_lsp.engine.native import NativeError, problem
 
 
 class Int8Linear(torch.nn.Module):
@@ -42,7 +40,7 @@ class Int8Linear(torch.nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         # What the C kernels read the weights through; kept current, never replaced, since a
         # decode step's layers point at it.
-        self.kernel_weights = KernelWeights()
+        self.kernel_weights = abi.Weights()
         self.point_kernel()
 
     def point_kernel(self) -> None:
@@ -69,33 +67,6 @@ class Int8Linear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-class KernelWeights(ctypes.Structure):
-    """An int8 linear layer's weights as the C kernels read them (kernels.h's `Weights`)."""
-
-    _fields_ = [
-        ("k", ctypes.c_int),
-        ("n", ctypes.c_int),
-        ("packed", ctypes.c_void_p),
-        ("scale", ctypes.c_void_p),
-        ("sum", ctypes.c_void_p),
-        ("bias", ctypes.c_void_p),
-    ]
-
-
-class Fused(ctypes.Structure):
-    """What a decode step fuses into the kernel's product (kernels.h's `Fused`): a layer norm of
-    the input rows first, GELU on the result, then two arrays added in order."""
-
-    _fields_ = [
-        ("norm_weight", ctypes.c_void_p),
-        ("norm_bias", ctypes.c_void_p),
-        ("norm_eps", ctypes.c_float),
-        ("gelu", ctypes.c_int),
-        ("then_add", ctypes.c_void_p),
-        ("and_add", ctypes.c_void_p),
-    ]
-
-
 def run_kernel(library: ctypes.CDLL, layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
     rows = x.reshape(-1, layer.in_features).float().contiguous()
     out = rows.new_empty(rows.shape[0], layer.out_features)
@@ -109,16 +80,15 @@ def run_into(
     rows: torch.Tensor,
     out: torch.Tensor,
     threads: int,
-    fused: Fused | None = None,
+    fused: abi.Fused | None = None,
 ) -> None:
     """out = rows W^T + b, with what `fused` adds; rows [m, in] and out [m, out], contiguous
     fp32 (not checked: the callers make them so)."""
-    failed = library.fim_linear_i8(
+    status = library.fim_linear_i8(
         rows.data_ptr(), rows.shape[0], ctypes.byref(layer.kernel_weights), out.data_ptr(),
         None if fused is None else ctypes.byref(fused), threads,
     )  # fmt: skip
-    if failed:
-        raise MemoryError(f"no memory to quantize activations of shape {tuple(rows.shape)}")
+    abi.check(status, "fim_linear_i8")
 
 
 def quantize(weight: torch.Tensor, rows_at_once: int = 4096):
@@ -186,13 +156,15 @@ def kernel_problem() -> str | None:
     return problem(load_kernel)
 
 
+def kernel_isa() -> str:
+    """The ISA the C kernel's products run on (abi.ISAS), where it runs."""
+    return abi.isa(load_kernel())
+
+
 @functools.cache
 def load_kernel() -> ctypes.CDLL:
-    """The C library with the int8 kernel declared and checked; raises NativeError."""
-    library = load_library()
-    pointer, number = ctypes.c_void_p, ctypes.c_int
-    library.fim_linear_i8.argtypes = [pointer, number, pointer, pointer, pointer, number]
-    library.fim_linear_i8.restype = ctypes.c_int
+    """The C library with the int8 kernel checked; raises NativeError."""
+    library = abi.load()
     check(library)
     return library
 

@@ -1,11 +1,12 @@
-"""The engine's C kernels (`attention.c`, `linear.c`): compiled into one library on first use.
+"""The engine's C kernels (`*.c` beside this file): compiled into one library on first use.
 
 A platform wheel carries them built (setup.py); a source checkout builds them with the system's
 C compiler (`CC`, default `cc`; a few seconds) and caches them under ~/.cache/fim-lsp, keyed by
-their source and flags. Each kernel's module checks it against
-torch before first use and falls back to torch, with the reason, where it cannot run: no
-compiler, a CPU without AVX2, FMA and F16C, a system other than Linux x86-64, or a cache folder
-that cannot be written or loaded.
+their source and flags. `abi.py` declares and checks their interface; each kernel's module checks
+its results before first use and falls back to torch, with the reason, where it cannot run: no
+compiler, a CPU without AVX2, FMA and F16C, a system other than Linux x86-64, a cache folder that
+cannot be written or loaded, or FIM_LSP_KERNELS=off (to run, or test, the engine as on such a
+machine).
 
 Built with `-fopenmp`, the library loads torch's own libgomp (same soname, already in the
 process), so the kernels run on torch's threads: threads of their own were slower, because
@@ -31,10 +32,14 @@ from fim_lsp.paths import cache_folder
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer.c", "linear.c")]
+SOURCES = [
+    Path(__file__).with_name(name)
+    for name in ("abi.c", "attention.c", "gemm.c", "layer.c", "linear.c")
+]
 HEADERS = [Path(__file__).with_name(name) for name in ("kernels.h", "shares.h", "simd.h")]
 CPU_FLAGS = {"avx2", "fma", "f16c"}
 BUILD_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
+SWITCH = "FIM_LSP_KERNELS"  # "off": the engine runs as where the kernels cannot
 
 
 class NativeError(Exception):
@@ -69,6 +74,12 @@ def built_library() -> ctypes.CDLL | NativeError:
 
 
 def build_and_load() -> ctypes.CDLL:
+    if (switch := os.environ.get(SWITCH, "on")) != "on":
+        raise NativeError(
+            f"the C kernels are turned off ({SWITCH}={switch})"
+            if switch == "off"
+            else f"{SWITCH}={switch} is neither on nor off"
+        )
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         raise NativeError(
             f"the C kernels are for Linux x86-64, not {platform.system()} {platform.machine()}"

@@ -13,8 +13,6 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#define MAX_TEAM 64 /* threads used at most: more gain nothing on memory-bound products */
-
 /* One thread's share: items [next, end), packed into one word so that the owner (taking from the
  * front) and a helper (taking from the back) agree through a single compare-and-swap. On a cache
  * line of its own, so that owners never contend. */
