@@ -62,3 +62,15 @@ def shared(a: list[int], b: list[int]) -> int:
     while count < min(len(a), len(b)) and a[count] == b[count]:
         count += 1
     return count
+
+
+class SetAfter(threading.Event):
+    """Set once asked `count` times: a cancel that arrives in the middle of a chunk."""
+
+    def __init__(self, count: int):
+        super().__init__()
+        self.left = count
+
+    def is_set(self) -> bool:
+        self.left -= 1
+        return self.left < 0 or super().is_set()

@@ -15,6 +15,8 @@ from fim_lsp.backend import GenerationOptions
 from fim_lsp.engine import abi, load_engine
 from fim_lsp.engine.cpu_step import check, load_kernel
 from fim_lsp.engine.native import NativeError
+from fim_lsp.engine.neox import Cancelled
+from tests.fakes import SetAfter
 
 VOCAB = 50280
 PROMPT = [50277, 32488, 535, 50274, 18891, 426, 1269, 559, 340, 50278, 1545, 4868, 9, 89, 50279]
@@ -94,6 +96,17 @@ def test_a_chunk_gives_the_logits_and_cache_of_its_tokens_one_at_a_time(engine, 
         assert torch.equal(got, expected)
 
 
+def test_a_cancel_between_layers_leaves_the_cache_as_it_was(engine):
+    with torch.inference_mode():
+        engine.forward(PROMPT[:8])
+        with pytest.raises(Cancelled):
+            engine.forward(PROMPT[8:], cancel=SetAfter(1))  # after the first layer
+        assert engine.cache.ids == PROMPT[:8]
+        resumed = engine.forward(PROMPT[8:])
+        engine.cache.clear()
+        assert torch.equal(resumed, engine.forward(PROMPT)[-1:])
+
+
 def test_every_isa_gives_the_same_logits(engine):
     here = []
     for name in abi.ISAS:
@@ -138,7 +151,7 @@ def test_generation_uses_the_step_and_keeps_the_greedy_tokens(engine, tiny_model
     plain.step = None
     calls = []
     step = engine.step
-    engine.step = lambda cache, ids, keep: calls.append(len(ids)) or step(cache, ids, keep)
+    engine.step = lambda cache, ids, *rest: calls.append(len(ids)) or step(cache, ids, *rest)
     options = GenerationOptions(20, end_id=-1)
     assert engine.generate(PROMPT, options).ids == plain.generate(PROMPT, options).ids
     assert calls[0] == len(PROMPT)  # the prompt, cold

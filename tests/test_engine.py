@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from fim_lsp.backend import GenerationOptions
 from fim_lsp.engine import EngineError, abi, choose, load_engine, resolve_model
+from tests.fakes import SetAfter
 
 VOCAB = 50280  # the tokenizer's size; the model's embedding has 50304 rows
 
@@ -112,6 +113,20 @@ def test_cancel_before_prefill_runs_nothing(engine):
     cancel.set()
     generation = generate(engine, [*PROMPT[:-1], 7, 50279], 5, end_id=-1, cancel=cancel)
     assert generation.ids == [] and generation.stop_reason == "cancelled"
+
+
+def test_a_cancel_stops_prefill_between_layers_and_keeps_the_chunks_run(engine, tiny_model_dir):
+    prompt = [*PROMPT, *range(300, 305)]  # 20 tokens: chunks of 8, 8 and 4
+    layers = engine.model.shape.layers
+    engine.store.clear()
+    engine.cache, _ = engine.store.take(prompt, 1 << 30)  # as generate() takes it
+    with torch.inference_mode():
+        # The first chunk runs; the second stops after its first layer.
+        assert engine.prefill(prompt, SetAfter(layers + 1), chunk=8) is None
+    assert engine.cache.ids == prompt[:8]
+    generation = generate(engine, prompt, 6)
+    assert generation.cached_tokens == 8
+    assert generation.ids == reference_greedy(tiny_model_dir, prompt, 6)
 
 
 def test_int8_loads_through_bitsandbytes_on_cpu(tiny_model_dir):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 
 import torch
 
@@ -35,7 +36,7 @@ from fim_lsp.engine.kv_cache import KVCache
 from fim_lsp.engine.linear import Int8Linear, run_into
 from fim_lsp.engine.linear import load_kernel as load_linear
 from fim_lsp.engine.native import NativeError, problem
-from fim_lsp.engine.neox import NeoX, apply_rotary
+from fim_lsp.engine.neox import NeoX, apply_rotary, stop_if
 
 
 class CpuStep:
@@ -74,9 +75,12 @@ class CpuStep:
             return f"heads of {shape.head_dim} dims (attention.c takes multiples of 8 to {abi.MAX_DIM})"
         return problem(load_kernel)
 
-    def __call__(self, cache: KVCache, ids: list[int], keep: int) -> torch.Tensor:
+    def __call__(
+        self, cache: KVCache, ids: list[int], keep: int, cancel: threading.Event | None = None
+    ) -> torch.Tensor:
         """Logits [keep, vocab] of the last `keep` of `ids`, the new tokens; their keys and
-        values are written to `cache` after its tokens (the caller records the ids)."""
+        values are written to `cache` after its tokens (the caller records the ids). Raises
+        neox.Cancelled between layers once `cancel` is set."""
         new, past = len(ids), cache.length
         x = self.model.embed(torch.tensor(ids))  # [new, width]
         cos, sin = (t.contiguous() for t in self.model.rotary(past, new, x.dtype))
@@ -89,6 +93,7 @@ class CpuStep:
         )  # fmt: skip
         threads = torch.get_num_threads()
         for turn, weights in enumerate(self.layers):
+            stop_if(cancel)
             run.keys, run.values = cache.keys[turn].data_ptr(), cache.values[turn].data_ptr()
             run.x, run.after = states[turn % 2].data_ptr(), states[1 - turn % 2].data_ptr()
             self.layer(weights, run, threads)

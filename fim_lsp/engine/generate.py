@@ -16,10 +16,10 @@ from fim_lsp.backend import Generation, GenerationOptions, take
 from fim_lsp.engine.choices import Precision, machine_key, remembered
 from fim_lsp.engine.cpu_step import CpuStep
 from fim_lsp.engine.kv_cache import KVCache, PromptStore
-from fim_lsp.engine.neox import NeoX
+from fim_lsp.engine.neox import Cancelled, NeoX
 from fim_lsp.errors import EngineError
 
-# Prefill runs in chunks so that a cancel is seen between them; what was prefilled stays cached.
+# Prefill runs in chunks (a cancel is seen between their layers); the chunks run stay cached.
 PREFILL_CHUNK = 256
 # Prefill in the background (warm) yields to any request within a chunk: smaller ones.
 WARM_CHUNK = 64
@@ -195,10 +195,11 @@ class Engine:
         cancelled. Chunks already run stay in the cache."""
         logits = None
         started = time.perf_counter()
-        for start in range(0, len(ids), chunk):
-            if cancel.is_set():
-                return None
-            logits = self.forward(ids[start : start + chunk])
+        try:
+            for start in range(0, len(ids), chunk):
+                logits = self.forward(ids[start : start + chunk], cancel=cancel)
+        except Cancelled:
+            return None
         if len(ids) >= RATE_TOKENS and logits is not None:
             rate = (time.perf_counter() - started) * 1000 / len(ids)
             known = self.prefill_rate
@@ -241,12 +242,14 @@ class Engine:
             self.cache.clear()
             raise
 
-    def forward(self, ids: list[int], keep: int = 1) -> torch.Tensor:
+    def forward(
+        self, ids: list[int], keep: int = 1, cancel: threading.Event | None = None
+    ) -> torch.Tensor:
         # ids -> logits: [keep, vocab] for the last `keep` positions
         if self.step:
-            logits = self.step(self.cache, ids, keep)
+            logits = self.step(self.cache, ids, keep, cancel)
         else:
-            logits = self.model(ids, self.cache, keep)
+            logits = self.model(ids, self.cache, keep, cancel)
         self.cache.ids.extend(ids)
         return logits[:, : self.vocab_size].float()
 
