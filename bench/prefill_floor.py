@@ -49,7 +49,6 @@ from fim_lsp.engine import abi, memory  # noqa: E402
 from fim_lsp.engine.choices import TORCH_DYNAMIC  # noqa: E402
 from fim_lsp.engine.linear import Int8Linear, run_into  # noqa: E402
 from fim_lsp.engine.linear import load_kernel as load_linear  # noqa: E402
-from fim_lsp.engine.native import NativeError  # noqa: E402
 
 WIDTH, HEADS, INNER, LAYERS = 2048, 16, 8192, 24
 DIM, ROTARY = WIDTH // HEADS, WIDTH // HEADS // 4  # FIM-NeoX-1.3B: rotary_pct 0.25
@@ -64,17 +63,6 @@ LAYER_MACS = sum(k * n for k, n in PRODUCTS.values())  # per token: 12 x 2048^2 
 # vpmaddubsw does 32 on two ports but each needs a vpmaddwd on the same ports; vpdpbusd does 64
 # per 512-bit instruction (one a cycle) or 32 per 256-bit one (two a cycle).
 NOMINAL_MACS = {"avx2": 32, "avx512vnni": 64}
-
-
-def isas_here(library: ctypes.CDLL) -> list[str]:
-    here = []
-    for name in abi.ISAS:
-        try:
-            with abi.running_on(library, name):
-                here.append(name)
-        except NativeError:
-            pass
-    return here
 
 
 class Peak:
@@ -305,7 +293,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
     library = load_linear()
-    isas = isas_here(library)
+    isas = abi.isas_here(library)
     default_isa = abi.isa(library)
     with tempfile.TemporaryDirectory() as folder:
         peak = Peak(Path(folder)).measure(isas)

@@ -9,18 +9,6 @@ import torch
 
 from fim_lsp.engine import abi
 from fim_lsp.engine.linear import Int8Linear, run_kernel
-from fim_lsp.engine.native import NativeError
-
-
-def isas_here(library) -> list[str]:
-    here = []
-    for name in abi.ISAS:
-        try:
-            with abi.running_on(library, name):
-                here.append(name)
-        except NativeError:
-            pass
-    return here
 
 
 @pytest.mark.parametrize(
@@ -35,7 +23,7 @@ def isas_here(library) -> list[str]:
     ],
 )
 def test_every_isa_gives_the_same_outputs_bit_for_bit(kernels, tokens, inputs, outputs):
-    here = isas_here(kernels)
+    here = abi.isas_here(kernels)
     if len(here) < 2:
         pytest.skip(f"this CPU runs the int8 products on {here[0]} only: nothing to compare")
     generator = torch.Generator().manual_seed(tokens + inputs + outputs)

@@ -250,3 +250,15 @@ def running_on(library: ctypes.CDLL, name: str) -> Iterator[None]:
         yield
     finally:
         select_isa(library, before)
+
+
+def isas_here(library: ctypes.CDLL) -> list[str]:
+    """The ISAs of ISAS this CPU can run the int8 products on."""
+    here = []
+    for name in ISAS:
+        try:
+            with running_on(library, name):
+                here.append(name)
+        except NativeError:
+            pass
+    return here
