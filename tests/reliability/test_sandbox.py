@@ -353,7 +353,8 @@ def test_eval_refuses_without_isolation(
 def test_unsafe_no_sandbox_runs_with_a_warning(
     no_isolation: None, data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    arguments = ["eval", "postprocess-check", "--data", str(data), "--unsafe-no-sandbox"]
+    data_flags = ["--data", str(data), "--model", "demo"]  # the demo model's tokenizer: no download
+    arguments = ["eval", "postprocess-check", *data_flags, "--unsafe-no-sandbox"]
     assert cli.main(arguments) == 0
     captured = capsys.readouterr()
     assert "warning: --unsafe-no-sandbox" in captured.err
