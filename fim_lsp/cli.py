@@ -17,7 +17,7 @@ from lsprotocol import types
 from fim_lsp import __version__, evaluate
 from fim_lsp.languages import language_id_for
 from fim_lsp.logs import configure_logging
-from fim_lsp.settings import SETTINGS, Setting, Settings, merge
+from fim_lsp.settings import DEVICE_CONTEXT, SETTINGS, Setting, Settings, merge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +180,7 @@ def complete(args: argparse.Namespace, settings: Settings) -> int:
         if args.dry_run:
             folder = resolve_model(settings.model, tokenizer_only=True)
             tokenizer = FimTokenizer.from_file(folder / "tokenizer.json")
-            mode, prompt = plan(tokenizer, settings, cursor.normalized())
+            mode, prompt = plan(tokenizer, dry_run_settings(settings), cursor.normalized())
             ids = prompt.ids if prompt else []
             report = {"prompt": tokenizer.decode(ids), "prompt_ids": ids, "prompt_tokens": len(ids)}
             print(
@@ -212,6 +212,19 @@ def complete(args: argparse.Namespace, settings: Settings) -> int:
     }
     print(json.dumps(report, indent=2))
     return 0
+
+
+def dry_run_settings(settings: Settings) -> Settings:
+    """`settings` with contextLength as the server would resolve it, loading nothing."""
+    from fim_lsp.engine.loading import TRAINED_CONTEXT
+
+    device = "team server" if settings.backend != "local" else settings.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    window = TRAINED_CONTEXT.get(settings.model, settings.context_length or DEVICE_CONTEXT[device])
+    return settings.with_context_for(device, window)
 
 
 def parse_location(where: str) -> tuple[Path, int, int]:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fim_lsp import __version__
-from fim_lsp.settings import Settings
+from fim_lsp.settings import DEVICE_CONTEXT, Settings
 
 
 def report(settings: Settings, say: Callable[[str], None]) -> list[str]:
@@ -80,10 +80,11 @@ def server_report(
         for model in models:
             say(f"served model: {model.name}, max length {model.max_model_len or '?'} tokens")
         longest = max(model.max_model_len or 0 for model in models)
-        if longest < settings.context_length:
+        asked = settings.context_length or DEVICE_CONTEXT["team server"]
+        if longest < asked:
             problem(
                 f"the server's max length ({longest or 'unknown'}) is below contextLength "
-                f"({settings.context_length}): start vLLM with --max-model-len 2048 "
+                f"({asked}): start vLLM with --max-model-len 2048 "
                 "(`fim-lsp serve-vllm` does), or lower contextLength"
             )
         round_trips = sorted(backend.probe() for _ in range(5))

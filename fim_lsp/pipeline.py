@@ -16,7 +16,7 @@ from fim_lsp.gate import Mode
 from fim_lsp.postprocess import Finisher
 from fim_lsp.prompt import FimTokenizer, Prompt, build_prompt
 from fim_lsp.routing import Routed
-from fim_lsp.settings import Settings
+from fim_lsp.settings import DEVICE_CONTEXT, Settings
 
 Progress = Callable[[str, int | None], None]  # (message, percentage)
 
@@ -56,8 +56,15 @@ class Speculation:
     completion: Completion
 
 
+def context_tokens(settings: Settings) -> int:
+    """contextLength, resolved for the device first (Settings.with_context_for)."""
+    if settings.context_length is None:
+        raise ValueError("contextLength is not resolved for a device: Settings.with_context_for")
+    return settings.context_length
+
+
 def new_tokens_allowed(settings: Settings) -> int:
-    return min(settings.max_new_tokens, settings.context_length // 2)
+    return min(settings.max_new_tokens, context_tokens(settings) // 2)
 
 
 def plan(
@@ -67,7 +74,7 @@ def plan(
     mode = mode or gate.decide(cursor, settings.multiline)
     if mode is None:
         return None, None
-    budget = settings.context_length - new_tokens_allowed(settings)
+    budget = context_tokens(settings) - new_tokens_allowed(settings)
     prompt = build_prompt(tokenizer, cursor.prefix, cursor.suffix, budget, cursor.first_line)
     return mode, prompt
 
@@ -139,7 +146,8 @@ class Completer:
         local = None if settings.fallback == "none" else lambda: cls.load_local(settings).backend
         availability = Availability(fallback=settings.fallback)
         routed = Routed(team, team.probe, availability, local, tell)
-        context = TRAINED_CONTEXT.get(settings.model, settings.context_length)
+        asked = settings.context_length or DEVICE_CONTEXT["team server"]
+        context = TRAINED_CONTEXT.get(settings.model, asked)
         about = {"backend": settings.backend, "device": "team server", "quantization": "server's"}
         return cls(settings, tokenizer, routed, context, about)
 
@@ -195,9 +203,9 @@ class Completer:
         )
 
     def effective(self, settings: Settings) -> Settings:
-        """No longer prompts than the model was trained on, whatever contextLength says."""
-        tokens = min(settings.context_length, self.context_length)
-        return dataclasses.replace(settings, context_length=tokens)
+        """contextLength for the device that answers, and no longer than the model was trained
+        on, whatever contextLength says."""
+        return settings.with_context_for(self.about.get("device", "cpu"), self.context_length)
 
     def speculate(
         self, cursor: Cursor, shown: Completion, settings: Settings, cancel: threading.Event

@@ -22,6 +22,10 @@ from urllib.parse import urlsplit
 T = TypeVar("T")
 
 DEFAULT_MODEL = "CarperAI/FIM-NeoX-1.3B"
+# contextLength unset: the longest context that each device answers from without making a user wait
+# (bench/context_length.py: on a 2-core CPU a longer one makes every keystroke slower, takes
+# seconds more to grow into after a move, and halves the prompts cacheMemoryMb keeps).
+DEVICE_CONTEXT = {"cpu": 1024, "cuda": 2048, "team server": 2048}
 
 # The `multiline` setting's values; gate.decide applies them.
 MULTILINE = {
@@ -100,10 +104,11 @@ class Settings:
         },
     )
     # The pipeline uses at most the model's own window (2048 tokens for FIM-NeoX-1.3B); the
-    # maximum only refuses slips like an extra zero.
-    context_length: int = setting(
-        2048,
-        "Tokens of prompt plus completion; the model's own window caps it (2048 for FIM-NeoX-1.3B).",
+    # maximum only refuses slips like an extra zero. Unset: DEVICE_CONTEXT.
+    context_length: int | None = setting(
+        None,
+        "Tokens of prompt plus completion; unset: 1024 on a CPU, 2048 on a GPU or a team server "
+        "(measured: README, Speed); the model's own window caps it (2048 for FIM-NeoX-1.3B).",
         minimum=64,
         maximum=32768,
     )
@@ -191,6 +196,12 @@ class Settings:
         startup=True,
         secret=True,
     )
+
+    def with_context_for(self, device: str, window: int) -> Settings:
+        """contextLength as set, or the default of `device` (a key of DEVICE_CONTEXT), never
+        past the model's `window`."""
+        asked = self.context_length or DEVICE_CONTEXT.get(device, DEVICE_CONTEXT["cpu"])
+        return dataclasses.replace(self, context_length=min(asked, window))
 
     def reloads_model(self, other: Settings) -> bool:
         """Whether going from `other` to these settings loads the model (or connects) anew."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 
+import pytest
+
 from fim_lsp.documents import Cursor
 from fim_lsp.gate import Mode
 from fim_lsp.pipeline import MIN_COLD_TOKENS, Completer, new_tokens_allowed, plan
@@ -13,7 +15,7 @@ from fim_lsp.prompt import build_prompt
 from fim_lsp.settings import Settings
 from tests.fakes import DEMO_TOKENIZER, FakeBackend
 
-SETTINGS = Settings(model="fake", max_time_ms=0)
+SETTINGS = Settings(model="fake", max_time_ms=0, context_length=2048)
 CURSOR = Cursor("def total(xs):\n    result = 0\n    ", "\n    return result\n", "python")
 
 
@@ -42,6 +44,15 @@ def test_the_model_reads_lf_and_the_answer_gets_the_documents_line_endings():
 def test_a_context_past_the_models_own_is_cut_to_it():
     pipeline = completer()
     assert pipeline.effective(Settings(context_length=8192)).context_length == 2048
+
+
+def test_an_unset_context_is_the_answering_devices():
+    on = {"cpu": 1024, "cuda": 2048, "team server": 2048}
+    for device, tokens in on.items():
+        pipeline = Completer(SETTINGS, DEMO_TOKENIZER, FakeBackend("x"), 2048, {"device": device})
+        assert pipeline.effective(Settings()).context_length == tokens
+    with pytest.raises(ValueError, match="not resolved"):
+        plan(DEMO_TOKENIZER, Settings(), CURSOR)  # the budget needs a device's context
 
 
 def test_the_cold_budget_picks_the_longest_prompt_that_fits():

@@ -18,10 +18,20 @@ def test_defaults_match_the_documentation():
     assert settings.model == "CarperAI/FIM-NeoX-1.3B"
     assert (settings.device, settings.quantization) == ("auto", "int8")
     assert (settings.context_length, settings.max_new_tokens, settings.temperature) == (
-        2048,
+        None,  # by device: DEVICE_CONTEXT
         64,
         0.0,
     )
+
+
+def test_an_unset_context_is_the_devices_and_never_past_the_models_window():
+    unset = Settings()
+    assert unset.with_context_for("cpu", 2048).context_length == 1024
+    assert unset.with_context_for("cuda", 2048).context_length == 2048
+    assert unset.with_context_for("team server", 2048).context_length == 2048
+    assert unset.with_context_for("cuda", 1024).context_length == 1024  # the model's window
+    assert Settings(context_length=1536).with_context_for("cpu", 2048).context_length == 1536
+    assert Settings(context_length=4096).with_context_for("cpu", 2048).context_length == 2048
 
 
 def test_every_setting_is_fully_declared():
