@@ -21,6 +21,10 @@ from fim_lsp.settings import DEVICE_CONTEXT, SETTINGS, Setting, Settings, merge
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before torch loads OpenMP: threads that wait at a barrier sleep rather than spin. Where other
+    # programs use the cores too (an editor, a browser), a spinning thread holds a core that the
+    # thread it waits for needs: decode steps took 10x longer so (README, Speed).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     settings, problems = settings_from(args)
