@@ -1,6 +1,7 @@
 """The weight cache: the quantized model kept on disk after a first load, and read back at the
-next start instead of quantizing again (FIM-NeoX-1.3B's 1.73 GB: 20-40 s to load and quantize on a
-2-core CPU, 1-3 s to read back; bench/reports/load-cache-2026-12-03.md).
+next start instead of quantizing again (FIM-NeoX-1.3B's 1.73 GB on a 2-core CPU: 20-30 s to load
+and quantize, 2-5 s to read back in a VM where faulting in fresh memory is slow, about 0.4 s
+expected elsewhere; bench/reports/load-cache-2026-12-03.md).
 
 An entry is one safetensors file in cache_folder()/weights/ holding every tensor of the loaded
 model, the int8 layers' buffers as quantizing left them, and in its metadata the model's Shape
