@@ -4,6 +4,7 @@ through save_pretrained."""
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,11 @@ from fim_lsp.engine import abi
 from fim_lsp.engine.native import NativeError
 from tests import tiny_model
 from tests.fake_vllm import FakeServer
+
+# Every test loads the model as it is, not from entries in the user's weight cache that other
+# runs left: the cache's own tests (test_weight_cache.py) turn it on, in a folder of their own.
+# Set here, so the servers and CLIs the tests start inherit it.
+os.environ["FIM_LSP_WEIGHT_CACHE"] = "off"
 
 # Each test's tier, by where it lives (one place, so a new test file gets a tier by its folder or
 # by being listed here; the rest are `unit`). `pytest -m unit` is the fast tier (under a minute);

@@ -34,14 +34,40 @@ class Int8Linear(torch.nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         packed, scale, sums = quantize(weight)
+        self.hold(packed, scale, sums, None if bias is None else bias.detach().float().clone())
+
+    def hold(
+        self,
+        packed: torch.Tensor,
+        scale: torch.Tensor,
+        sums: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> None:
         self.register_buffer("packed", packed)
         self.register_buffer("scale", scale)
         self.register_buffer("sums", sums)
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.register_buffer("bias", bias)
         # What the C kernels read the weights through; kept current, never replaced, since a
         # decode step's layers point at it.
         self.kernel_weights = abi.Weights()
         self.point_kernel()
+
+    @classmethod
+    def from_buffers(
+        cls,
+        in_features: int,
+        packed: torch.Tensor,
+        scale: torch.Tensor,
+        sums: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> Int8Linear:
+        """The layer of buffers that quantizing made before (the weight cache's), as they are:
+        `packed` should be from memory.empty, as quantize() allocates it."""
+        layer = cls.__new__(cls)
+        torch.nn.Module.__init__(layer)
+        layer.out_features, layer.in_features = len(scale), in_features
+        layer.hold(packed, scale, sums, bias)
+        return layer
 
     def point_kernel(self) -> None:
         """Set kernel_weights to the buffers as they are now."""
@@ -138,6 +164,19 @@ class WeightOnlyInt8Linear(torch.nn.Module):
         self.register_buffer("weight", values)
         self.register_buffer("scale", step[:, None].to(weight.dtype))
         self.register_buffer("bias", None if bias is None else bias.detach().to(weight.dtype))
+
+    @classmethod
+    def from_buffers(
+        cls, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+    ) -> WeightOnlyInt8Linear:
+        """The layer of buffers that quantizing made before (the weight cache's), as they are."""
+        layer = cls.__new__(cls)
+        torch.nn.Module.__init__(layer)
+        layer.out_features, layer.in_features = weight.shape
+        layer.register_buffer("weight", weight)
+        layer.register_buffer("scale", scale)
+        layer.register_buffer("bias", bias)
+        return layer
 
     @classmethod
     def from_float(cls, layer: torch.nn.Linear) -> WeightOnlyInt8Linear:

@@ -7,6 +7,7 @@ import ctypes.util
 import dataclasses
 import logging
 import pickle
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from fim_lsp.engine import weight_cache
 from fim_lsp.engine.choices import Precision, choose
 from fim_lsp.engine.generate import Engine
 from fim_lsp.engine.neox import NeoX, Shape
@@ -113,8 +115,7 @@ def load_engine(
     """
     precision = choose(device, quantization, int8_backend)
     folder = folder or resolve_model(model, progress)
-    progress(f"loading {folder.name} ({precision.reason})", 10)
-    neox = load_weights(folder, precision, TRAINED_CONTEXT.get(model))
+    neox = load_cached(folder, precision, TRAINED_CONTEXT.get(model), progress)
     progress("model ready", 100)
     # The hub config pads the embedding to 50304 rows; rows past the tokenizer are untrained.
     return Engine(neox, precision, min(vocab_size, neox.shape.vocab))
@@ -151,6 +152,38 @@ def read_shape(folder: Path, trained_context: int | None = None) -> Shape:
     if trained_context:  # rotary embeddings have no table to overflow
         shape = dataclasses.replace(shape, positions=trained_context)
     return shape
+
+
+def load_cached(
+    folder: Path, precision: Precision, trained_context: int | None, progress: Progress
+) -> NeoX:
+    """The model from the weight cache where it holds it (no config read, nothing quantized),
+    else loaded from the checkpoint and quantized, then cached for the next start."""
+    entry = weight_cache.entry_for(folder, precision, trained_context)
+    started = time.perf_counter()
+    if entry is not None and entry.path.is_file():
+        progress(f"loading {folder.name} from the weight cache ({precision.reason})", 10)
+        try:
+            model = weight_cache.load(entry, precision)
+        except torch.OutOfMemoryError as error:
+            raise EngineError(
+                f"out of memory loading {folder} on {precision.device}: {error}"
+            ) from error
+        if model is not None:
+            log.info(
+                "weights of %s read from the weight cache %s in %.1f s",
+                folder, entry.path, time.perf_counter() - started,
+            )  # fmt: skip
+            return model
+        started = time.perf_counter()
+    progress(f"loading {folder.name} ({precision.reason})", 10)
+    model = load_weights(folder, precision, trained_context)
+    done = "quantized" if precision.int8 else "read"
+    log.info("weights of %s %s now in %.1f s", folder, done, time.perf_counter() - started)
+    if entry is not None:
+        progress("caching the quantized weights for the next start", 95)
+        weight_cache.store(entry, model, precision)
+    return model
 
 
 def load_weights(folder: Path, precision: Precision, trained_context: int | None = None) -> NeoX:

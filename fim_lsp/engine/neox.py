@@ -98,15 +98,15 @@ def apply_rotary(
 
 
 class Layer(nn.Module):
-    def __init__(self, shape: Shape):
+    def __init__(self, shape: Shape, device: torch.device | str | None = None):
         super().__init__()
         self.shape = shape
-        self.norm_attention = nn.LayerNorm(shape.width, eps=shape.eps)
-        self.norm_mlp = nn.LayerNorm(shape.width, eps=shape.eps)
-        self.qkv = nn.Linear(shape.width, 3 * shape.width)
-        self.dense = nn.Linear(shape.width, shape.width)
-        self.up = nn.Linear(shape.width, shape.inner)
-        self.down = nn.Linear(shape.inner, shape.width)
+        self.norm_attention = nn.LayerNorm(shape.width, eps=shape.eps, device=device)
+        self.norm_mlp = nn.LayerNorm(shape.width, eps=shape.eps, device=device)
+        self.qkv = nn.Linear(shape.width, 3 * shape.width, device=device)
+        self.dense = nn.Linear(shape.width, shape.width, device=device)
+        self.up = nn.Linear(shape.width, shape.inner, device=device)
+        self.down = nn.Linear(shape.inner, shape.width, device=device)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache, index: int
@@ -144,13 +144,24 @@ class Layer(nn.Module):
 
 
 class NeoX(nn.Module):
-    def __init__(self, shape: Shape):
+    def __init__(self, shape: Shape, device: torch.device | str | None = None):
+        """The model on `device`, its parameters not yet loaded: built on the meta device, then
+        given the checkpoint's (weights.py) or the weight cache's tensors.
+
+        `device`, not a `with torch.device(...)` block: within one, factory calls and random
+        initialisation on the meta device run torch's Python references, whose first use
+        imports torch's compiler and sympy (2-3 s of a start from the weight cache); for the
+        same reason the rotary frequencies start on the CPU (the loaders put them on the
+        model's device)."""
         super().__init__()
         self.shape = shape
-        self.embed = nn.Embedding(shape.vocab, shape.width)
-        self.layers = nn.ModuleList(Layer(shape) for _ in range(shape.layers))
-        self.final_norm = nn.LayerNorm(shape.width, eps=shape.eps)
-        self.head = nn.Linear(shape.width, shape.vocab, bias=False)
+        # Never drawn at random: its weights always come from a checkpoint.
+        self.embed = nn.Embedding.from_pretrained(
+            torch.empty(shape.vocab, shape.width, device=device)
+        )
+        self.layers = nn.ModuleList(Layer(shape, device) for _ in range(shape.layers))
+        self.final_norm = nn.LayerNorm(shape.width, eps=shape.eps, device=device)
+        self.head = nn.Linear(shape.width, shape.vocab, bias=False, device=device)
         self.register_buffer("inverse_frequencies", self.frequencies(), persistent=False)
 
     def frequencies(self, device: torch.device | str | None = None) -> torch.Tensor:

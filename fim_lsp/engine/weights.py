@@ -48,8 +48,7 @@ def load_neox(folder: Path, shape: Shape, precision: Precision) -> NeoX:
     """The model of `shape` with the weights in `folder` on the precision's device: linear layers
     in its int8 layers (quantized on the CPU, so the device never holds them unquantized), the
     rest in its dtype."""
-    with torch.device("meta"):
-        model = NeoX(shape)
+    model = NeoX(shape, "meta")
     checkpoint = Checkpoint(folder)
     device, dtype = precision.device, precision.dtype
     # Names, not modules: holding the modules would keep each replaced fp32 layer alive.
