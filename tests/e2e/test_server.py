@@ -217,7 +217,8 @@ async def test_cancel_request_is_answered_and_the_worker_is_free_again(tiny_mode
                 types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="long-one"
             )
         )
-        await asyncio.sleep(0.5)
+        # Past the debounce (30 ms), well before the 1,000 tokens end (0.5 s with the C step).
+        await asyncio.sleep(0.15)
         client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="long-one"))
         with pytest.raises(Exception, match="cancel"):
             await asyncio.wait_for(pending, 10)
