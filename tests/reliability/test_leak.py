@@ -1,5 +1,8 @@
 """The server's memory levels off under thousands of edits and requests (issue #20: each didChange
-left 1.8 KB behind in pygls, so memory grew as long as the user typed).
+left 1.8 KB behind in pygls, so memory grew as long as the user typed; FimProtocol.forget_finished
+routes around it, and tests/test_protocol.py checks that for notifications in process. This is
+the whole server: documents opened and closed, requests superseded and cancelled, the model run,
+settings changed).
 
 The real server over stdio, started through a probe (traced_server.py) that reports what
 tracemalloc traces inside it: every Python object the server keeps (documents, requests, pygls'
