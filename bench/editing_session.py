@@ -24,8 +24,10 @@ server is restarted: ready time on a second start, and the first keystroke after
 The machine's floors are sampled between steps, with every server stopped: the memory read rate
 (bench/floor.py) and the int8 GEMM rates of [256, 2048] x [2048, 2048] (torch._int_mm and the
 engine's own kernel). The full-size random model (speed does not depend on weight values) is
-given the 2,048 positions FIM-NeoX-1.3B was trained on. Writes bench/out/editing_session.md and
-.json, and each server's log in bench/out/editing_session-logs/.
+given the 2,048 positions FIM-NeoX-1.3B was trained on; each server uses its own default context
+length within them (today's 2048, this checkout's 1024 on a CPU) unless `--context-length` sets
+one for all. Writes bench/out/editing_session.md and .json (`--report`: the markdown also
+there), and each server's log in bench/out/editing_session-logs/.
 """
 
 from __future__ import annotations
@@ -480,7 +482,8 @@ def make_setups(args: argparse.Namespace) -> list[Setup]:
         Setup("today", f"{args.baseline}: its defaults", checkout(args.baseline), {}, args.keys),
         Setup(
             "new",
-            "this checkout: its defaults (cacheMemoryMb 1024, coldBudgetMs 1500)",
+            "this checkout: its defaults (contextLength the device's, cacheMemoryMb 1024, "
+            "coldBudgetMs 1500)",
             ROOT, {}, args.keys,
         ),
     ]  # fmt: skip
@@ -597,7 +600,8 @@ def report(result: dict) -> str:
         "work: the setups play each step in turn (rotating order), the others stopped, so that "
         "drift hits all alike.",
         f"Model: {result['model']} ({args['quantization']}), contextLength "
-        f"{args['context_length']}, maxNewTokens {args['max_new_tokens']}, maxTimeMs 0, "
+        f"{args['context_length'] or 'each server default (see the prompt tokens below)'}, "
+        f"maxNewTokens {args['max_new_tokens']}, maxTimeMs 0, "
         f"debounceMs 0. {args['rounds']} round(s) of {len(args['session'])} steps: "
         f"{', '.join(args['session'])}, then a restart. {args['pause']} s between keys, "
         f"{args['think']} s before a move, a switch or an accept.",
@@ -726,7 +730,9 @@ def main() -> None:
     )
     parser.add_argument("--model", default=None, help="default: the full-size random model")
     parser.add_argument("--quantization", default="int8", choices=["int8", "none"])
-    parser.add_argument("--context-length", type=int, default=2048)
+    parser.add_argument(
+        "--context-length", type=int, help="for every server (default: each server's own)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--keys", type=int, default=8, help="keystrokes per burst")
     parser.add_argument("--rounds", type=int, default=2)

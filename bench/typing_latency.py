@@ -103,7 +103,7 @@ def random_model() -> Path:
 async def start_server(
     model: str,
     quantization: str,
-    context_length: int,
+    context_length: int | None,
     checkout: Path | None = None,
     *flags: str,
     options: dict | None = None,
@@ -116,8 +116,8 @@ async def start_server(
     path = os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))
     await client.start_io(
         sys.executable, "-m", "fim_lsp", "serve", "--model", model,
-        "--quantization", quantization, "--context-length", str(context_length),
-        "--max-time-ms", "0", "--debounce-ms", "0", *flags,
+        "--quantization", quantization, "--max-time-ms", "0", "--debounce-ms", "0",
+        *(["--context-length", str(context_length)] if context_length else []), *flags,
         cwd=code, env=os.environ | {"PYTHONPATH": path},
     )  # fmt: skip
     await client.initialize_async(
