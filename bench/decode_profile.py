@@ -35,10 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.floor import ReadRate, measure_floor  # noqa: E402
-from bench.typing_latency import RANDOM_MODEL, machine  # noqa: E402
+from bench.typing_latency import RANDOM_MODEL, machine, random_model  # noqa: E402
 from fim_lsp.engine import attention, linear, load_engine  # noqa: E402
 from fim_lsp.engine.choices import torch_dynamic_layer  # noqa: E402
-from tests import tiny_model  # noqa: E402
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "json" / "encoder.py"
 # Operator name fragments -> what they are, first match wins.
@@ -163,8 +162,8 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
-    if args.model == RANDOM_MODEL and not (RANDOM_MODEL / "model.safetensors").is_file():
-        tiny_model.build(RANDOM_MODEL, tiny_model.FULL, dtype="bfloat16")
+    if args.model == RANDOM_MODEL:
+        random_model()
     engines = setups(args.model)
     tokenizer = Tokenizer.from_file(str(args.model / "tokenizer.json"))
     prompt = tokenizer.encode(SOURCE.read_text()).ids[: args.context]

@@ -50,23 +50,45 @@ def read_bandwidth(size_bytes: int = 1 << 30, samples: int = 5) -> float:
     return statistics.median(rate.sample() for _ in range(samples))
 
 
-def int8_ops_per_second(tokens: int = 256, width: int = 2048, out: int = 8192) -> float:
-    """The fastest of the CPU int8 matmuls the engine can use (see engine/choices.py)."""
-
-    # torch._int_mm (bitsandbytes' CPU kernel), on a small product first: off AVX-512 VNNI
-    # it is a slow fallback that would take minutes at full size.
-    a = torch.randint(-128, 127, (tokens // 8, width // 2), dtype=torch.int8)
-    b = torch.randint(-128, 127, (out // 8, width // 2), dtype=torch.int8).t()
-    int_mm = 2 * a.shape[0] * a.shape[1] * b.shape[1] / timed(lambda: torch._int_mm(a, b), 2)
-    x = torch.randn(tokens, width)
-    rates = [int_mm]
-    for int8 in (TORCH_DYNAMIC, C_KERNEL):
-        if int8.problem("cpu"):
+def int8_gemm_rates(rows: int = 256, width: int = 2048, out: int = 2048) -> dict[str, float | str]:
+    """Ops per second of an int8 product [rows, width] x [width, out] by each CPU int8 path, or
+    why it cannot run here: torch._int_mm (int8 in, int32 out; oneDNN, what bitsandbytes runs
+    on CPUs), and the engine's layers (fp32 in and out, activations quantized per call): the C
+    kernel (Int8Linear) and torch's dynamic int8 layers."""
+    ops = 2 * rows * width * out
+    rates: dict[str, float | str] = {}
+    a = torch.randint(-128, 127, (rows, width), dtype=torch.int8)
+    b = torch.randint(-128, 127, (out, width), dtype=torch.int8).t()  # weights as [out, in]
+    try:
+        # One product of 32 rows first: off AVX-512 VNNI it is a slow fallback (0.1-3 GOP/s)
+        # that would take many seconds at full size.
+        started = time.perf_counter()
+        torch._int_mm(a[:32], b)
+        probe = 2 * 32 * width * out / (time.perf_counter() - started)
+        rates["torch._int_mm"] = probe if probe < 3e9 else ops / timed(lambda: torch._int_mm(a, b))
+    except RuntimeError as error:
+        rates["torch._int_mm"] = f"does not run here ({error})"
+    x = torch.randn(rows, width)
+    for int8, name in ((C_KERNEL, "Int8Linear (C kernel)"), (TORCH_DYNAMIC, "torch dynamic int8")):
+        if problem := int8.problem("cpu"):
+            rates[name] = problem
             continue
         layer = int8.quantize(torch.nn.Linear(width, out))
         with torch.inference_mode():
-            rates.append(2 * tokens * width * out / timed(lambda: layer(x)))  # noqa: B023
-    return max(rates)
+            rates[name] = ops / timed(lambda: layer(x))  # noqa: B023
+    return rates
+
+
+def int8_ops_per_second(tokens: int = 256, width: int = 2048, out: int = 8192) -> float:
+    """The fastest of the CPU int8 products here (see int8_gemm_rates)."""
+    rates = int8_gemm_rates(tokens, width, out).values()
+    return max(rate for rate in rates if isinstance(rate, float))
+
+
+def layer_weights(config: dict) -> int:
+    """Weights in the products of a GPT-NeoX's layers: per layer qkv (3 d^2) + attention output
+    (d^2) + MLP (2 x 4 d^2) = 12 d^2; a prefilled token costs 2 ops per weight."""
+    return config["num_hidden_layers"] * 12 * config["hidden_size"] ** 2
 
 
 def measure_floor(
@@ -85,9 +107,8 @@ def measure_floor(
     """
     config = json.loads(model_config.read_text())
     width, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
-    # Per layer: qkv (3 d^2) + attention output (d^2) + MLP (2 x 4 d^2) = 12 d^2 weights.
-    layer_weights = layers * 12 * width * width
-    weight_bytes = layer_weights * (1 if int8 else 4) + vocab * width * (1 if int8_lm_head else 4)
+    weights = layer_weights(config)
+    weight_bytes = weights * (1 if int8 else 4) + vocab * width * (1 if int8_lm_head else 4)
     kv_bytes = 2 * layers * width * kv_itemsize * context  # keys and values
     bandwidth = bandwidth or read_bandwidth()
     int8_rate = int8_ops_per_second()
@@ -97,5 +118,5 @@ def measure_floor(
         "weight_bytes": weight_bytes,
         "kv_bytes": kv_bytes,
         "decode_floor_ms": (weight_bytes + kv_bytes) / bandwidth * 1000,
-        "prefill_floor_ms_per_token": 2 * layer_weights / int8_rate * 1000,
+        "prefill_floor_ms_per_token": 2 * weights / int8_rate * 1000,
     }

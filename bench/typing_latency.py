@@ -79,9 +79,11 @@ class BenchClient(LanguageClient):
         super().__init__("fim-lsp-bench", "1")
         self.stats: list[dict] = []
         self.status: dict = {}
+        self.lines: list[str] = []  # every log line, for reports that quote them
 
         @self.feature(types.WINDOW_LOG_MESSAGE)
         def log_message(params: types.LogMessageParams) -> None:
+            self.lines.append(params.message)
             if params.message.startswith("completion "):
                 self.stats.append(json.loads(params.message.removeprefix("completion ")))
 
@@ -90,20 +92,43 @@ class BenchClient(LanguageClient):
             self.status = params._asdict() if hasattr(params, "_asdict") else dict(params)
 
 
+def random_model() -> Path:
+    """The random model with FIM-NeoX-1.3B's dimensions, built into .cache/ the first time."""
+    if not (RANDOM_MODEL / "model.safetensors").is_file():
+        print(f"building the random full-size model in {RANDOM_MODEL} (once)", file=sys.stderr)
+        tiny_model.build(RANDOM_MODEL, tiny_model.FULL, dtype="bfloat16")
+    return RANDOM_MODEL
+
+
 async def start_server(
-    model: str, quantization: str, context_length: int, checkout: Path | None = None
+    model: str,
+    quantization: str,
+    context_length: int | None,
+    checkout: Path | None = None,
+    *flags: str,
+    options: dict | None = None,
 ) -> BenchClient:
-    """The server of this checkout, or of another (`checkout`: its fim_lsp comes first)."""
+    """The server of this checkout, or of another (`checkout`: its fim_lsp comes first), once
+    its model is ready; `flags` and `options` (initializationOptions) beside the benchmark's."""
     client = BenchClient()
-    env = os.environ | ({"PYTHONPATH": str(checkout)} if checkout else {})
+    code = checkout or ROOT
+    # `python -m` puts the working folder first on the path: it must be the checkout too.
+    path = os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))
     await client.start_io(
         sys.executable, "-m", "fim_lsp", "serve", "--model", model,
-        "--quantization", quantization, "--context-length", str(context_length),
-        "--max-time-ms", "0", "--debounce-ms", "0", env=env,
+        "--quantization", quantization, "--max-time-ms", "0", "--debounce-ms", "0",
+        *(["--context-length", str(context_length)] if context_length else []), *flags,
+        cwd=code, env=os.environ | {"PYTHONPATH": path},
     )  # fmt: skip
-    await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities()))
+    await client.initialize_async(
+        types.InitializeParams(
+            capabilities=types.ClientCapabilities(), initialization_options=options
+        )
+    )
     client.initialized(types.InitializedParams())
     while client.status.get("state") not in ("ready", "error"):
+        if client._server and client._server.returncode is not None:
+            raise SystemExit(f"the server of {code} ended while loading {model}")
         await asyncio.sleep(0.2)
     if client.status["state"] == "error":
         raise SystemExit(f"the server could not load {model}: {client.status['message']}")
@@ -183,9 +208,8 @@ def server_peak_rss_gb(client: BenchClient) -> float:
 
 
 async def bench(args: argparse.Namespace) -> dict:
-    if args.model == str(RANDOM_MODEL) and not (RANDOM_MODEL / "model.safetensors").is_file():
-        print(f"building the random full-size model in {RANDOM_MODEL} (once)", file=sys.stderr)
-        tiny_model.build(RANDOM_MODEL, tiny_model.FULL, dtype="bfloat16")
+    if args.model == str(RANDOM_MODEL):
+        random_model()
     context_length = args.context + args.max_new_tokens
     load_started = time.perf_counter()
     client = await start_server(args.model, args.quantization, context_length, args.checkout)

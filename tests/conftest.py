@@ -22,7 +22,7 @@ from tests.fake_vllm import FakeServer
 os.environ["FIM_LSP_WEIGHT_CACHE"] = "off"
 
 # Each test's tier, by where it lives (one place, so a new test file gets a tier by its folder or
-# by being listed here; the rest are `unit`). `pytest -m unit` is the fast tier (under a minute);
+# by being listed here; the rest are `unit`), unless the test is marked with one. `pytest -m unit` is the fast tier (under a minute);
 # `python -m pytest` runs them all.
 TIERS = {
     "editors": ("tests/editors/",),
@@ -41,6 +41,8 @@ TIERS = {
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     root = Path(__file__).resolve().parents[1]
     for item in items:
+        if any(item.get_closest_marker(tier) for tier in [*TIERS, "unit"]):
+            continue  # a test that says its tier (one end-to-end test in a file of unit tests)
         where = item.path.resolve().relative_to(root).as_posix()
         tier = next((t for t, places in TIERS.items() if where.startswith(places)), "unit")
         item.add_marker(tier)

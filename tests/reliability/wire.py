@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 SERVER = [sys.executable, "-m", "fim_lsp", "serve", "--model", "demo", "--quantization", "none"]
 # The server's frames, exactly: anything else from it is a bug.
@@ -69,6 +69,7 @@ class Connection:
         self.output = output
         self.send_bytes = send
         self.answers: dict[tuple[str, Any], list[dict]] = {}
+        self.answered_at: dict[tuple[str, Any], float] = {}  # time.monotonic() of the first answer
         self.null_answers: list[dict] = []  # error answers with "id": null
         self.notifications: list[dict] = []
         self.frame_errors: list[str] = []
@@ -115,6 +116,7 @@ class Connection:
                 self.null_answers.append(message)
             else:
                 self.answers.setdefault(key(message["id"]), []).append(message)
+                self.answered_at.setdefault(key(message["id"]), time.monotonic())
             self.arrived.notify_all()
 
     def send(self, *messages: Any) -> None:
@@ -151,14 +153,17 @@ class Connection:
 class StdioServer(Connection):
     """`fim-lsp serve` on stdio, with its log in `log_path`."""
 
-    def __init__(self, log_path: Path, *flags: str) -> None:
+    def __init__(self, log_path: Path, *flags: str, command: list[str] = SERVER) -> None:
         self.log_path = log_path
         self.log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [*SERVER, *flags], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log
+            [*command, *flags],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
         )
         assert self.process.stdin and self.process.stdout
-        super().__init__(self.process.stdout, self.write)
+        super().__init__(cast(BinaryIO, self.process.stdout), self.write)
 
     def write(self, data: bytes) -> None:
         assert self.process.stdin
@@ -167,6 +172,12 @@ class StdioServer(Connection):
 
     def initialize(self) -> dict:
         return self.call(0, "initialize", initialize()["params"])
+
+    def rss_mib(self) -> float:
+        """The server's resident memory now, in MiB (Linux's /proc: no dependency for it)."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(kib) / 1024
 
     def exit_code(self, timeout: float = 10) -> int:
         return self.process.wait(timeout)
