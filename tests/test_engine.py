@@ -374,3 +374,20 @@ def test_the_prefill_rate_is_measured_once_per_machine(tiny_model_dir, fresh_cho
     second = load_engine(str(tiny_model_dir), VOCAB, device="cpu", quantization="none")
     monkeypatch.setattr(second, "measure_prefill", lambda: pytest.fail("measured again"))
     assert second.prefill_ms_per_token() == rate
+
+
+def test_a_rate_remembered_from_a_busier_start_gives_way_to_this_ones_prefills(
+    engine, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    engine.prefill_rate, engine.rate_seen = 1000.0, False  # as read from an earlier start
+    engine.store.clear()
+    engine.cache, _ = engine.store.take(PROMPT * 10, 1 << 30)
+    with torch.inference_mode():
+        engine.prefill(PROMPT * 10, threading.Event(), chunk=64)  # 150 tokens
+    observed = engine.prefill_rate
+    assert observed < 100.0 and engine.rate_seen  # replaced, not averaged with it
+    # The next start reads what this one saw, without measuring again.
+    engine.prefill_rate, engine.rate_seen = None, False
+    monkeypatch.setattr(engine, "measure_prefill", lambda: pytest.fail("measured again"))
+    assert engine.prefill_ms_per_token() == pytest.approx(observed)

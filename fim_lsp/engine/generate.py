@@ -21,8 +21,9 @@ from fim_lsp.errors import EngineError
 
 # Prefill runs in chunks (a cancel is seen between their layers); the chunks run stay cached.
 PREFILL_CHUNK = 256
-# Prefill in the background (warm) yields to any request within a chunk: smaller ones.
-WARM_CHUNK = 64
+# Prefill in the background (warm) runs whole chunks, so that it gets on between keystrokes, and
+# small ones, so that a request waits for at most one (about 0.15 s on 2 cores).
+WARM_CHUNK = 32
 # The prefill rate is measured on this many tokens when it is not known yet, then follows the
 # prefills that run (each of at least this many tokens moves it by RATE_WEIGHT).
 RATE_TOKENS = 128
@@ -51,6 +52,7 @@ class Engine:
         self.draft_length = 8
         self.drafted = self.accepted = 0  # running totals
         self.prefill_rate: float | None = None  # ms per prompt token, from prefills that ran
+        self.rate_seen = False  # whether prefill_rate comes from this process's own prefills
 
     def new_cache(self) -> KVCache:
         shape = self.model.shape
@@ -189,22 +191,40 @@ class Engine:
         return [*draft[:accepted], predicted_ids[accepted]]
 
     def prefill(
-        self, ids: list[int], cancel: threading.Event, chunk: int = PREFILL_CHUNK
+        self,
+        ids: list[int],
+        cancel: threading.Event,
+        chunk: int = PREFILL_CHUNK,
+        between_layers: bool = True,
     ) -> torch.Tensor | None:
         """Run `ids` through the model after the cache; the last position's logits, or None if
-        cancelled. Chunks already run stay in the cache."""
+        cancelled (between layers, or only between chunks). Chunks already run stay cached."""
         logits = None
         started = time.perf_counter()
+        done, done_at = 0, started
         try:
             for start in range(0, len(ids), chunk):
-                logits = self.forward(ids[start : start + chunk], cancel=cancel)
+                if cancel.is_set():
+                    return None
+                part = ids[start : start + chunk]
+                logits = self.forward(part, cancel=cancel if between_layers else None)
+                done, done_at = done + len(part), time.perf_counter()
         except Cancelled:
             return None
-        if len(ids) >= RATE_TOKENS and logits is not None:
-            rate = (time.perf_counter() - started) * 1000 / len(ids)
-            known = self.prefill_rate
-            self.prefill_rate = rate if known is None else known + RATE_WEIGHT * (rate - known)
+        finally:
+            if done >= RATE_TOKENS:
+                self.observe_rate((done_at - started) * 1000 / done)
         return logits
+
+    def observe_rate(self, rate: float) -> None:
+        """Follow the prefill speed of this process's prefills; the first replaces the rate
+        remembered from an earlier start (the machine may have been busier or quieter then),
+        and is remembered for the next one."""
+        if self.rate_seen and self.prefill_rate is not None:
+            self.prefill_rate += RATE_WEIGHT * (rate - self.prefill_rate)
+            return
+        self.prefill_rate, self.rate_seen = rate, True
+        remembered(self.rate_key(), lambda: rate, again=True)
 
     # ---- for a bounded first answer after a move (pipeline.py) ---------------------------------
 
@@ -212,10 +232,12 @@ class Engine:
         """What prefilling a prompt token costs here: from the prefills that ran, else measured
         once on this machine (and remembered, so that a restart does not measure again)."""
         if self.prefill_rate is None:
-            what = [self.precision.quantization, repr(self.model.shape), "prefill ms per token"]
-            key = machine_key(self.precision.device, what)
-            self.prefill_rate = remembered(key, self.measure_prefill)
+            self.prefill_rate = remembered(self.rate_key(), self.measure_prefill)
         return self.prefill_rate
+
+    def rate_key(self) -> str:
+        what = [self.precision.quantization, repr(self.model.shape), "prefill ms per token"]
+        return machine_key(self.precision.device, what)
 
     @torch.inference_mode()
     def measure_prefill(self) -> float:
@@ -237,7 +259,7 @@ class Engine:
         stop as soon as `cancel` is set (what was run stays)."""
         self.cache, cached = self.store.take(prompt, options.cache_memory_mb << 20)
         try:
-            self.prefill(prompt[cached:], cancel, WARM_CHUNK)
+            self.prefill(prompt[cached:], cancel, WARM_CHUNK, between_layers=False)
         except BaseException:
             self.cache.clear()
             raise
