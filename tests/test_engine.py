@@ -384,7 +384,7 @@ def test_a_rate_remembered_from_a_busier_start_gives_way_to_this_ones_prefills(
     engine.store.clear()
     engine.cache, _ = engine.store.take(PROMPT * 10, 1 << 30)
     with torch.inference_mode():
-        engine.prefill(PROMPT * 10, threading.Event(), chunk=64)  # 150 tokens
+        engine.prefill(PROMPT * 10, threading.Event(), chunk=64)  # 150 tokens, past RATE_TOKENS
     observed = engine.prefill_rate
     assert observed < 100.0 and engine.rate_seen  # replaced, not averaged with it
     # The next start reads what this one saw, without measuring again.

@@ -25,8 +25,9 @@ PREFILL_CHUNK = 256
 # small ones, so that a request waits for at most one (about 0.15 s on 2 cores).
 WARM_CHUNK = 32
 # The prefill rate is measured on this many tokens when it is not known yet, then follows the
-# prefills that run (each of at least this many tokens moves it by RATE_WEIGHT).
-RATE_TOKENS = 128
+# prefills that run (each of at least this many tokens moves it by RATE_WEIGHT): fewer than the
+# shortest cold prompt (pipeline.MIN_COLD_TOKENS), so that a cold answer corrects the rate too.
+RATE_TOKENS = 64
 RATE_WEIGHT = 0.3
 
 
