@@ -391,3 +391,11 @@ def test_a_rate_remembered_from_a_busier_start_gives_way_to_this_ones_prefills(
     engine.prefill_rate, engine.rate_seen = None, False
     monkeypatch.setattr(engine, "measure_prefill", lambda: pytest.fail("measured again"))
     assert engine.prefill_ms_per_token() == pytest.approx(observed)
+
+
+def test_background_prefill_leaves_the_rate_to_requests(engine):
+    engine.prefill_rate, engine.rate_seen = 5.0, True
+    engine.store.clear()
+    engine.warm(PROMPT * 10, GenerationOptions(1, -1), threading.Event())  # 150 tokens, 32 a chunk
+    assert engine.store.cached(PROMPT * 10) == 149  # all of it but the last, left to run
+    assert engine.prefill_rate == 5.0

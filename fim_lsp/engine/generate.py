@@ -196,10 +196,12 @@ class Engine:
         ids: list[int],
         cancel: threading.Event,
         chunk: int = PREFILL_CHUNK,
-        between_layers: bool = True,
+        background: bool = False,
     ) -> torch.Tensor | None:
         """Run `ids` through the model after the cache; the last position's logits, or None if
-        cancelled (between layers, or only between chunks). Chunks already run stay cached."""
+        cancelled. Chunks already run stay cached. A `background` prefill stops between chunks
+        only (so that it gets on between keystrokes) and is not timed: its small chunks are
+        slower per token than a request's, whose speed the cold budget needs."""
         logits = None
         started = time.perf_counter()
         done, done_at = 0, started
@@ -208,12 +210,12 @@ class Engine:
                 if cancel.is_set():
                     return None
                 part = ids[start : start + chunk]
-                logits = self.forward(part, cancel=cancel if between_layers else None)
+                logits = self.forward(part, cancel=None if background else cancel)
                 done, done_at = done + len(part), time.perf_counter()
         except Cancelled:
             return None
         finally:
-            if done >= RATE_TOKENS:
+            if done >= RATE_TOKENS and not background:
                 self.observe_rate((done_at - started) * 1000 / done)
         return logits
 
@@ -260,7 +262,7 @@ class Engine:
         stop as soon as `cancel` is set (what was run stays)."""
         self.cache, cached = self.store.take(prompt, options.cache_memory_mb << 20)
         try:
-            self.prefill(prompt[cached:], cancel, WARM_CHUNK, between_layers=False)
+            self.prefill(prompt[cached:], cancel, WARM_CHUNK, background=True)
         except BaseException:
             self.cache.clear()
             raise
