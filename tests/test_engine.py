@@ -396,6 +396,6 @@ def test_a_rate_remembered_from_a_busier_start_gives_way_to_this_ones_prefills(
 def test_background_prefill_leaves_the_rate_to_requests(engine):
     engine.prefill_rate, engine.rate_seen = 5.0, True
     engine.store.clear()
-    engine.warm(PROMPT * 10, GenerationOptions(1, -1), threading.Event())  # 150 tokens, 32 a chunk
+    engine.warm(PROMPT * 10, GenerationOptions(1, -1), threading.Event())  # 150 tokens, in chunks
     assert engine.store.cached(PROMPT * 10) == 149  # all of it but the last, left to run
     assert engine.prefill_rate == 5.0

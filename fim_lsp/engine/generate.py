@@ -22,8 +22,9 @@ from fim_lsp.errors import EngineError
 # Prefill runs in chunks (a cancel is seen between their layers); the chunks run stay cached.
 PREFILL_CHUNK = 256
 # Prefill in the background (warm) runs whole chunks, so that it gets on between keystrokes, and
-# small ones, so that a request waits for at most one (about 0.15 s on 2 cores).
-WARM_CHUNK = 32
+# small ones, so that a request waits for at most one (about 0.1 s on 2 cores; with chunks of 32
+# the warm keystroke's p50 grew by 30 ms in bench/editing_session.py).
+WARM_CHUNK = 16
 # The prefill rate is measured on this many tokens when it is not known yet, then follows the
 # prefills that run (each of at least this many tokens moves it by RATE_WEIGHT): fewer than the
 # shortest cold prompt (pipeline.MIN_COLD_TOKENS), so that a cold answer corrects the rate too.
