@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -264,22 +265,26 @@ class Orchestrator:
     def while_idle(
         self, completer: Completer, cursor: Cursor, shown: Completion, settings: Settings
     ) -> None:
-        """What the worker does until the next request: prefill the full prompt when a short
-        one answered, else the suggestion that follows if the user accepts this one."""
-        if (ids := shown.warm_ids) is not None:
-            self.scheduler.background(lambda cancel: completer.warm(ids, settings, cancel))
-            return
-        if shown.stop_reason == "typed-through" or shown.mode is None:
-            return  # its speculation ran (or runs) when it was first shown
-        if shown.replace_chars:
+        """What the worker does until the next request: the suggestion that follows if the user
+        accepts this one, then, when a short prompt answered, the full prompt's prefill."""
+        speculate = shown.stop_reason != "typed-through" and shown.mode is not None
+        ids = shown.warm_ids
+        if speculate and shown.replace_chars:
             self.client.log(
                 f"accepting this suggestion replaces {shown.replace_chars} characters right of "
                 "the cursor: the prompt changes from its suffix on, so the next request would be "
                 "cold; it is computed now, while idle"
             )
-        self.scheduler.background(
-            lambda cancel: completer.speculate(cursor, shown, settings, cancel)
-        )
+
+        def work(cancel: threading.Event) -> None:
+            # The speculation first: small, and the likeliest next request.
+            if speculate:
+                completer.speculate(cursor, shown, settings, cancel)
+            if ids is not None and not cancel.is_set():
+                completer.warm(ids, settings, cancel)
+
+        if speculate or ids is not None:
+            self.scheduler.background(work)
 
     def forget(self, key: str) -> None:
         """The document `key` was closed: a generation for it stops, its request gets nothing."""

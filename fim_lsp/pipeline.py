@@ -6,7 +6,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from fim_lsp import gate
 from fim_lsp.availability import Availability
@@ -218,8 +218,9 @@ class Completer:
             cursor.language_id,
             cursor.first_line,
         )
-        # At full length: it runs while the worker is idle, and yields to any request.
-        completion = self.complete(accepted, cancel, settings=replace(settings, cold_budget_ms=0))
+        # Sized as the request after an accept will be (the cold budget too), so that it matches;
+        # it runs while the worker is idle, and yields to any request.
+        completion = self.complete(accepted, cancel, settings=settings)
         if completion.mode is not None and completion.stop_reason != "cancelled":
             self.speculation = Speculation(
                 completion.prompt_ids, completion.mode, self.effective(settings), completion

@@ -197,7 +197,7 @@ async def test_a_cold_prompt_past_the_budget_is_answered_short_and_warmed_for_th
     log = [entry for entry in orchestrator.client.logs if entry.startswith("completion ")]
     assert '"context": "' in log[0]
     again = await orchestrator.complete("doc", document, place)  # now cached: full length
-    assert again is not None and again.context == "" and backend.prompts[1] == full
+    assert again is not None and again.context == "" and backend.prompts[-1] == full
 
 
 async def test_the_suggestion_after_an_accept_is_ready_when_the_user_accepts():
@@ -217,3 +217,20 @@ async def test_the_suggestion_after_an_accept_is_ready_when_the_user_accepts():
     assert len(backend.prompts) == 2  # no model run for it
     other = await orchestrator.complete("doc", Document(TEXT, "python"), CURSOR)
     assert other is not None and other.stop_reason != "speculated"  # used once only
+
+
+async def test_after_a_short_answer_the_accept_is_ready_at_the_same_size():
+    backend = FakeBackend("total = 0\n")
+    backend.rate = 10.0  # a cold budget of 150 tokens
+    backend.warm = lambda prompt, options, cancel: None  # the full prompt not grown yet
+    orchestrator = await ready(backend)
+    head = "".join(f"def f{n}(x):\n    return x * {n}\n\n" for n in range(200))
+    text = head + "def main():\n    \n"
+    place = Place(text.count("\n") - 1, 4)
+    shown = await orchestrator.complete("doc", Document(text, "python"), place)
+    assert shown is not None and shown.warm_ids is not None and shown.text  # a short answer
+    await asyncio.sleep(0.2)  # idle: the worker computes what follows an accept
+    accepted = head + "def main():\n    " + shown.text + "\n"
+    after = Place(place.line, place.index + len(shown.text))
+    following = await orchestrator.complete("doc", Document(accepted, "python"), after)
+    assert following is not None and following.stop_reason == "speculated"
