@@ -75,6 +75,7 @@ async def test_a_cancelled_request_stops_the_servers_generation(vllm, vllm_model
         )
         while vllm.metric("vllm:generation_tokens_total") == before:  # it is generating
             await asyncio.sleep(0.05)
+        at_cancel = vllm.metric("vllm:generation_tokens_total")
         client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="long"))
         with pytest.raises(Exception, match="cancel"):
             await asyncio.wait_for(pending, 10)
@@ -82,6 +83,8 @@ async def test_a_cancelled_request_stops_the_servers_generation(vllm, vllm_model
         stopped = vllm.metric("vllm:generation_tokens_total")
         await asyncio.sleep(2.0)
         assert vllm.metric("vllm:generation_tokens_total") == stopped
+        if at_cancel - before >= 900:  # the tiny model can write 1,000 tokens in a blink
+            pytest.skip("the whole completion was written before the cancel was sent")
         assert stopped - before < 900  # not the whole generation
     finally:
         await client.shutdown_session()
