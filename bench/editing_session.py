@@ -1,6 +1,6 @@
 """An editing session replayed through the real server over stdio: reuse off, today's code and the new one, side by side.
 
-    python bench/editing_session.py --baseline /work/wt/baseline   # full: 2 rounds
+    python bench/editing_session.py --baseline ../baseline   # full: 2 rounds
     python bench/editing_session.py ... --report bench/reports/editing-session-DATE.md
     python bench/editing_session.py --quick                        # a shorter session, one round
     python bench/editing_session.py --model demo --quick           # a smoke run (tests/test_bench.py)

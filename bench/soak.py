@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.typing_latency import cpu_name  # noqa: E402
 from tests.reliability.editing import Document, Editor, p99, stdlib_files  # noqa: E402
 from tests.reliability.wire import (  # noqa: E402
     StdioServer,
@@ -285,12 +286,8 @@ def totals(typist: Typist) -> dict:
 
 
 def machine(load_at_start: tuple[float, float, float]) -> dict:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), platform.processor(),
-    )  # fmt: skip
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "load_average_start": load_at_start[0],
