@@ -234,3 +234,18 @@ async def test_after_a_short_answer_the_accept_is_ready_at_the_same_size():
     after = Place(place.line, place.index + len(shown.text))
     following = await orchestrator.complete("doc", Document(accepted, "python"), after)
     assert following is not None and following.stop_reason == "speculated"
+
+
+@pytest.mark.parametrize("answer", ["for x in xs:\n", ""])  # a suggestion, and none
+async def test_freed_memory_goes_back_to_the_system_while_idle_now_and_then(answer, monkeypatch):
+    orchestrator = await ready(FakeBackend(answer))
+    trims: list[int] = []
+    monkeypatch.setattr(orchestrator.memory, "trim", trims.append)
+    monkeypatch.setattr(orchestrator.memory, "EVERY_S", 0.0)
+    await orchestrator.complete("doc", Document(TEXT, "python"), CURSOR)
+    await asyncio.sleep(0.2)  # the worker's idle work is done
+    assert trims == [0]
+    monkeypatch.setattr(orchestrator.memory, "EVERY_S", 3600.0)
+    await orchestrator.complete("doc", Document(TEXT, "python"), CURSOR)
+    await asyncio.sleep(0.2)
+    assert trims == [0]  # not again within EVERY_S

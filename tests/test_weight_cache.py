@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,6 +37,27 @@ def cache(tmp_path, monkeypatch, request):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv(weight_cache.SWITCH, "on")
     return tmp_path / "xdg" / "fim-lsp" / "weights"
+
+
+@pytest.fixture(params=["read", "mapped"])
+def way(request, monkeypatch):
+    """How a hit brings the entry in: read into memory allocated for it, or mapped (here also
+    where the file system would not map it on huge pages)."""
+    if request.param == "read":
+        monkeypatch.setattr(memory, "huge_mapping", lambda fd, size: None)
+    else:
+        monkeypatch.setattr(memory, "huge_kb", lambda address: memory.HUGE_PAGE >> 10)
+    return request.param
+
+
+def mapped_file(address: int) -> str | None:
+    """The file whose mapping holds `address` in this process, None for anonymous memory."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, *rest = line.split()
+        start, end = (int(part, 16) for part in span.split("-"))
+        if start <= address < end:
+            return rest[4] if len(rest) > 4 else None
+    return None
 
 
 @pytest.fixture
@@ -84,7 +106,7 @@ def no_quantizing(monkeypatch) -> None:
 
 @pytest.mark.parametrize("backend", OURS)
 def test_a_second_load_reads_the_cache_quantizes_nothing_and_runs_the_same(
-    cache, tiny_model_dir, monkeypatch, backend
+    cache, tiny_model_dir, monkeypatch, backend, way
 ):
     first_messages: list[str] = []
     first = load(tiny_model_dir, backend, first_messages)
@@ -105,8 +127,9 @@ def test_a_second_load_reads_the_cache_quantizes_nothing_and_runs_the_same(
 
 
 def test_cached_c_kernel_weights_are_on_huge_page_aligned_memory_as_quantized_ones(
-    cache, tiny_model_dir
+    cache, tiny_model_dir, monkeypatch
 ):
+    monkeypatch.setattr(memory, "huge_mapping", lambda fd, size: None)  # read, not mapped
     load(tiny_model_dir, "c-kernel")
     engine = load(tiny_model_dir, "c-kernel")
     head = engine.model.head
@@ -116,6 +139,20 @@ def test_cached_c_kernel_weights_are_on_huge_page_aligned_memory_as_quantized_on
     # The kernel reads the buffers the layer holds.
     assert head.kernel_weights.packed == head.packed.data_ptr()
     assert head.kernel_weights.scale == head.scale.data_ptr()
+
+
+def test_a_hit_maps_the_entry_where_the_kernel_maps_it_on_huge_pages(cache, tiny_model_dir):
+    load(tiny_model_dir, "c-kernel")
+    (entry,) = entries(cache)
+    with open(entry, "rb") as file:
+        if memory.huge_mapping(file.fileno(), entry.stat().st_size) is None:
+            pytest.skip("this kernel or file system maps no file on huge pages")
+    engine = load(tiny_model_dir, "c-kernel")
+    head, embedding = engine.model.head, engine.model.embed.weight
+    for tensor in (head.packed, head.scale, embedding):  # views of the entry: nothing copied
+        assert mapped_file(tensor.data_ptr()) == str(entry)
+    assert memory.huge_kb(head.packed.data_ptr()) * 1024 >= memory.HUGE_PAGE
+    assert head.kernel_weights.packed == head.packed.data_ptr()
 
 
 def test_a_hit_reads_no_transformers_config(cache, tiny_model_dir, monkeypatch):
@@ -238,7 +275,7 @@ def empty(path) -> None:
 @pytest.mark.parametrize(
     "damage", [truncate, flip_a_weight, break_the_header, change_the_shape, empty]
 )
-def test_a_broken_entry_is_reported_deleted_and_rebuilt(cache, tiny_model_dir, caplog, damage):
+def test_a_broken_entry_is_reported_deleted_and_rebuilt(cache, tiny_model_dir, caplog, damage, way):
     fresh = load(tiny_model_dir, "weight-only")
     (entry,) = entries(cache)
     damage(entry)
@@ -315,7 +352,7 @@ def test_no_entry_is_written_where_it_would_nearly_fill_the_disk(
 
 
 def test_tensors_in_many_chunks_read_back_the_same_and_each_chunk_is_checked(
-    cache, tiny_model_dir, monkeypatch, caplog
+    cache, tiny_model_dir, monkeypatch, caplog, way
 ):
     monkeypatch.setattr(weight_cache, "CHUNK", 4096)  # the embedding in 3144 chunks
     fresh = load(tiny_model_dir, "weight-only")

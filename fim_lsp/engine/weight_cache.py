@@ -57,6 +57,7 @@ import hashlib
 import json
 import logging
 import math
+import mmap
 import os
 import re
 import shutil
@@ -353,13 +354,15 @@ def read_model(file: FileIO, entry: Entry, precision: Precision) -> NeoX:
     size = os.fstat(file.fileno()).st_size
     if size != start + end:
         raise Invalid(f"is {size} bytes, not {start + end} (cut short or overwritten)")
-    if hasattr(os, "posix_fadvise"):  # read ahead generously where it is not in the page cache
-        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
     assert precision.int8 is not None
     kind, device = precision.int8.name, precision.device
-    # Every tensor's memory is allocated first, its chunks read and checked by a pool of threads
-    # (reading and zlib let go of the GIL); each module is made as soon as its tensors are in.
-    # Faulting in fresh memory is much of a read's time, and it runs on every core this way.
+    mapping = memory.huge_mapping(file.fileno(), size) if device == "cpu" else None
+    if mapping is None and hasattr(os, "posix_fadvise"):  # read ahead generously
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    # Every tensor is first a view of the mapping, or memory allocated for it; its chunks are
+    # checked (and read) by a pool of threads (reading and zlib let go of the GIL); each module
+    # is made as soon as its tensors are in. Faulting memory in is much of the time, and it runs
+    # on every core this way.
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     reads: dict[str, list[concurrent.futures.Future[None]]] = {}
     position = start
@@ -369,11 +372,17 @@ def read_model(file: FileIO, entry: Entry, precision: Precision) -> NeoX:
                 tensors[module_name], reads[module_name] = {}, []
                 for name, spec in specs.items():
                     full = f"{module_name}.{name}"
-                    tensor = allocated(spec, big_int8=kind == "c-kernel" and name == "packed")
+                    if mapping is not None:
+                        tensor = mapped(mapping, position, spec)
+                    else:
+                        tensor = allocated(spec, big_int8=kind == "c-kernel" and name == "packed")
                     view = raw(tensor)
                     for (begin, end), crc in zip(chunks(spec.nbytes), checksums[full], strict=True):
                         part = view[begin:end]
-                        read = pool.submit(read_chunk, file, part, position + begin, crc, full)
+                        if mapping is not None:
+                            read = pool.submit(check_chunk, part, crc, full)
+                        else:
+                            read = pool.submit(read_chunk, file, part, position + begin, crc, full)
                         reads[module_name].append(read)
                     tensors[module_name][name] = tensor
                     position += spec.nbytes
@@ -455,6 +464,14 @@ def allocated(spec: Spec, big_int8: bool) -> torch.Tensor:
     return torch.empty(spec.shape, dtype=spec.dtype)
 
 
+def mapped(mapping: mmap.mmap, offset: int, spec: Spec) -> torch.Tensor:
+    """The tensor of `spec` at `offset` in the entry's mapping (the tensor keeps it open)."""
+    if spec.nbytes == 0:
+        return torch.empty(spec.shape, dtype=spec.dtype)
+    data = torch.frombuffer(mapping, dtype=torch.uint8, count=spec.nbytes, offset=offset)
+    return data.view(spec.dtype).view(spec.shape)
+
+
 def raw(tensor: torch.Tensor) -> memoryview:
     """The bytes of a contiguous CPU tensor, without a copy (the tensor must outlive them)."""
     if tensor.nbytes == 0:
@@ -466,6 +483,12 @@ def raw(tensor: torch.Tensor) -> memoryview:
 def chunks(nbytes: int) -> list[tuple[int, int]]:
     """Where a tensor of `nbytes` is cut into the chunks read, and checked, as one."""
     return [(begin, min(begin + CHUNK, nbytes)) for begin in range(0, nbytes, CHUNK)]
+
+
+def check_chunk(view: memoryview, crc: str, name: str) -> None:
+    """Check `view` against its CRC32 (hex)."""
+    if f"{zlib.crc32(view):08x}" != crc:
+        raise Invalid(f"fails the checksum of {name}")
 
 
 def read_chunk(file: FileIO, view: memoryview, offset: int, crc: str, name: str) -> None:
@@ -480,8 +503,7 @@ def read_chunk(file: FileIO, view: memoryview, offset: int, crc: str, name: str)
         if not count:
             raise Invalid("is cut short")
         done += count
-    if f"{zlib.crc32(view):08x}" != crc:
-        raise Invalid(f"fails the checksum of {name}")
+    check_chunk(view, crc, name)
 
 
 # Writing an entry.
@@ -588,7 +610,7 @@ def header_bytes(
             }
             offset += spec.nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    encoded += b" " * (-len(encoded) % 64)  # the data starts on a cache line (mapped: too)
     return len(encoded).to_bytes(8, "little") + encoded
 
 
