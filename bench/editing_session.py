@@ -64,6 +64,7 @@ from bench.typing_latency import (  # noqa: E402
     start_server,
 )
 from fim_lsp.documents import Document, Place, content  # noqa: E402
+from fim_lsp.settings import Settings  # noqa: E402
 
 BASELINE = "bc9e029"  # the landed code before #18's caches of several prompts and cold budget
 UTF16 = "utf-16"  # the position encoding a client that offers none gets
@@ -483,7 +484,7 @@ def make_setups(args: argparse.Namespace) -> list[Setup]:
         Setup(
             "new",
             "this checkout: its defaults (contextLength the device's, cacheMemoryMb 1024, "
-            "coldBudgetMs 1500)",
+            f"coldBudgetMs {Settings().cold_budget_ms})",
             ROOT, {}, args.keys,
         ),
     ]  # fmt: skip

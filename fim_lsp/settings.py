@@ -154,9 +154,11 @@ class Settings:
         minimum=0,
         maximum=65_536,
     )
-    # 1.5 s: a pause a user accepts after a jump; 10 minutes: more than any prompt takes.
+    # 1 s of prefill, then decoding (8 tokens: 0.3-0.4 s on a 2-core CPU): the first answer after
+    # a jump within 1.5 s, a pause a user accepts (1.5 s of prefill answered in 2.1 s:
+    # bench/reports/editing-session-2026-12-03-rerun.md). 10 minutes: more than any prompt takes.
     cold_budget_ms: int = setting(
-        1500,
+        1000,
         "After a move, a file switch or a restart, when prefilling the prompt would take longer "
         "than this, answer from a shorter prompt that fits and prefill the full one in the "
         "background; 0 = always the full prompt.",

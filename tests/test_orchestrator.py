@@ -11,7 +11,7 @@ import pytest
 from fim_lsp.documents import Document, Place
 from fim_lsp.errors import EngineError
 from fim_lsp.orchestrator import Orchestrator
-from fim_lsp.pipeline import Completer
+from fim_lsp.pipeline import MIN_COLD_TOKENS, Completer
 from fim_lsp.settings import Settings
 from tests.fakes import DEMO_TOKENIZER, FakeBackend
 
@@ -183,15 +183,15 @@ async def test_changing_the_model_reloads_and_the_newest_load_wins():
 
 async def test_a_cold_prompt_past_the_budget_is_answered_short_and_warmed_for_the_next_key():
     backend = FakeBackend("total = 0\n")
-    backend.rate = 10.0  # ms per token: 150 tokens fit the default 1,500 ms budget
+    backend.rate = 10.0  # ms per token: 100 tokens fit the default 1,000 ms budget
     orchestrator = await ready(backend)
     body = "".join(f"def f{n}(x):\n    return x * {n}\n\n" for n in range(200))
     document = Document(body + "def main():\n    \n", "python")
     place = Place(document.text.count("\n") - 1, 4)
     first = await orchestrator.complete("doc", document, place)
-    assert first is not None and "past coldBudgetMs 1500" in first.context
+    assert first is not None and "past coldBudgetMs 1000" in first.context
     answered, full = backend.prompts[0], first.warm_ids
-    assert full is not None and len(answered) <= 150 < len(full)
+    assert full is not None and len(answered) <= max(100, MIN_COLD_TOKENS) < len(full)
     await asyncio.sleep(0.1)  # the worker is idle: the full prompt is warmed
     assert backend.warmed == [full]
     log = [entry for entry in orchestrator.client.logs if entry.startswith("completion ")]

@@ -62,10 +62,10 @@ def test_the_cold_budget_picks_the_longest_prompt_that_fits():
     cursor = Cursor(long_prefix, "\n", "python")
     _, full = plan(DEMO_TOKENIZER, SETTINGS, cursor)
     assert full is not None
-    backend.rate = 1500 / 300  # ms per token: 300 tokens fit the default budget
+    backend.rate = 1000 / 300  # ms per token: 300 tokens fit the default budget
     prompt, why = pipeline.within_cold_budget(full, cursor, SETTINGS)
     assert MIN_COLD_TOKENS <= len(prompt.ids) <= 300 < len(full.ids)
-    assert prompt.ids[-1] == DEMO_TOKENIZER.mid_id and "coldBudgetMs 1500" in why
+    assert prompt.ids[-1] == DEMO_TOKENIZER.mid_id and "coldBudgetMs 1000" in why
     backend.prompts.append(full.ids)  # now cached: the full prompt again
     assert pipeline.within_cold_budget(full, cursor, SETTINGS) == (full, "")
     off = dataclasses.replace(SETTINGS, cold_budget_ms=0)
