@@ -11,7 +11,7 @@ Measures, in rounds that alternate so that the machine's drift on this shared ho
   (fim_linear_i8: activations quantized, outputs in fp32) on each ISA the CPU has;
 - the ISA's peak: cores x clock x int8 multiply-adds per cycle. The clock is timed on every core
   at once with a chain of dependent one-cycle adds; the multiply-adds per cycle with a loop of
-  independent vpmaddubsw/vpmaddwd/vpaddd (AVX2) or vpdpbusd (AVX-512 VNNI) (bench/peak.c),
+  independent vpmaddubsw/vpmaddwd/vpaddd (AVX2), vpdpbusd (AVX-512 VNNI) or tdpbusd (AMX) (bench/peak.c),
   each by the thread's CPU time, so that other work on the machine does not count;
 - a cold prompt of --tokens through 24 full-size layers (2048 wide, 16 heads, 8192 MLP; random
   int8 weights built directly), in chunks of --chunk, one fim_layer call per layer and chunk, to
@@ -61,8 +61,9 @@ PRODUCTS = {  # name: (inputs, outputs)
 LAYER_MACS = sum(k * n for k, n in PRODUCTS.values())  # per token: 12 x 2048^2 = 50.3 M
 # int8 multiply-adds per cycle and core that the instructions give (checked by bench/peak.c):
 # vpmaddubsw does 32 on two ports but each needs a vpmaddwd on the same ports; vpdpbusd does 64
-# per 512-bit instruction (one a cycle) or 32 per 256-bit one (two a cycle).
-NOMINAL_MACS = {"avx2": 32, "avx512vnni": 64}
+# per 512-bit instruction (one a cycle) or 32 per 256-bit one (two a cycle); tdpbusd does 16,384
+# every 16 cycles.
+NOMINAL_MACS = {"avx2": 32, "avx512vnni": 64, "amx": 1024}
 
 
 class Peak:
@@ -77,7 +78,7 @@ class Peak:
             [compiler, "-O2", "-shared", "-fPIC", "-o", str(target), str(source)], check=True
         )
         self.library = ctypes.CDLL(str(target))
-        for name in ("clock_cycles", "avx2_macs", "vnni_macs"):
+        for name in ("clock_cycles", "avx2_macs", "vnni_macs", "amx_macs"):
             getattr(self.library, name).argtypes = [ctypes.c_long]
 
     def per_second(self, name: str, count: int, per_call: float) -> float:
@@ -102,10 +103,12 @@ class Peak:
 
     def measure(self, isas: list[str]) -> dict:
         clock = self.per_second("clock_cycles", 50_000_000, 8)
-        loops = {"avx2": ("avx2_macs", 6 * 32), "avx512vnni": ("vnni_macs", 12 * 64)}
-        macs = {
-            isa: self.per_second(loops[isa][0], 20_000_000, loops[isa][1]) / clock for isa in isas
+        loops = {  # name, iterations, multiply-adds per iteration
+            "avx2": ("avx2_macs", 20_000_000, 6 * 32),
+            "avx512vnni": ("vnni_macs", 20_000_000, 12 * 64),
+            "amx": ("amx_macs", 1_000_000, 4 * 16 * 16 * 64),
         }
+        macs = {isa: self.per_second(*loops[isa]) / clock for isa in isas}
         cores = os.cpu_count() or 1
         return {
             "clock_ghz": clock / 1e9,
@@ -411,7 +414,7 @@ def report(result: dict) -> str:
             for isa, seconds in result["prefill_s"].items()
         ),
         "",
-        f"Both ISAs give the same hidden state, bit for bit: {result['same_hidden_state']}; finite: "
+        f"Every ISA gives the same hidden state, bit for bit: {result['same_hidden_state']}; finite: "
         f"{result['finite']}.",
         "",
         f"## Where the time goes ({result['default_isa']}; each part run on its own, its best "

@@ -387,16 +387,10 @@ def main() -> None:
     parser.add_argument("--model", default="demo")
     parser.add_argument("--quantization", default="none", choices=["int8", "none"])
     # The KV caches of recent prompts are memory used by design, up to this budget. The demo
-    # model's caches take about 4 MB each: a small budget fills within the warm-up, so that
-    # growth after it is not the budget filling.
-    parser.add_argument(
-        "--cache-memory-mb",
-        type=int,
-        default=16,
-        help="the prompt caches' budget (cacheMemoryMb): small enough to fill "
-        "within the warm-up, so that the growth after it is not the caches "
-        "filling by design (64 took half an hour with the demo model)",
-    )
+    # model's caches take up to a few MB each: 16 MB fills within the warm-up, so that growth
+    # after it is not the budget filling (64 MB filled over half an hour: RSS +14.7%,
+    # bench/reports/soak-2026-12-03.md).
+    parser.add_argument("--cache-memory-mb", type=int, default=16)
     parser.add_argument("--files", type=int, default=24, help="standard library modules typed in")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--think-share", type=float, default=THINK_SHARE,

@@ -91,7 +91,9 @@ def test_bad_arguments_come_back_as_unsupported(kernels):
 def test_the_isa_is_the_best_the_cpu_has_unless_named(kernels, fresh_load, monkeypatch):
     from fim_lsp.engine.native import cpu_flags
 
-    best = "avx512vnni" if {"avx512_vnni", "avx512bw"} <= cpu_flags() else "avx2"
+    flags = cpu_flags()
+    vnni = {"avx512_vnni", "avx512bw"} <= flags
+    best = "amx" if vnni and {"amx_tile", "amx_int8"} <= flags else "avx512vnni" if vnni else "avx2"
     monkeypatch.delenv(abi.ISA_ENV, raising=False)
     with abi.running_on(kernels, best):  # whatever an earlier test chose, back to the default
         assert abi.isa(kernels) == best
@@ -104,7 +106,7 @@ def test_the_isa_is_the_best_the_cpu_has_unless_named(kernels, fresh_load, monke
 
 def test_an_isa_that_is_not_one_is_refused_with_the_choices(kernels, fresh_load, monkeypatch):
     monkeypatch.setenv(abi.ISA_ENV, "sse2")
-    with pytest.raises(NativeError, match="FIM_LSP_ISA=sse2: the ISAs are avx2, avx512vnni"):
+    with pytest.raises(NativeError, match="FIM_LSP_ISA=sse2: the ISAs are avx2, avx512vnni, amx"):
         fresh_load()
 
 

@@ -267,3 +267,20 @@ def test_a_quick_editing_session_runs_through_each_setup(tmp_path: Path) -> None
     text = report.read_text()
     assert text == (tmp_path / "editing_session.md").read_text()
     assert "| session p90 |" in text and "## The machine's floors" in text
+
+
+def test_the_team_benchmark_replays_each_user_through_a_fim_lsp_of_their_own(tmp_path: Path):
+    # Without --url: the local replay alone (tests/team/ replays against a real vLLM).
+    command = [
+        sys.executable, "bench/team.py", "--model", "demo", "--users", "2", "--keystrokes", "3",
+        "--out", str(tmp_path),
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    (row,) = json.loads((tmp_path / "team.json").read_text())["rows"]
+    assert (row["users"], row["backend"]) == (2, "local")
+    keys = row["keystrokes"]
+    assert sorted(k["user"] for k in keys) == [0, 0, 0, 1, 1, 1]  # every key answered, logged
+    assert all(k["answer_ms"] > 0 and k["first_token_ms"] <= k["answer_ms"] for k in keys)
+    assert len(list((tmp_path / "team-logs").glob("local-2-user*.log"))) == 2
+    assert "| 2 | local | 6 |" in (tmp_path / "team.md").read_text()

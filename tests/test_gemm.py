@@ -20,6 +20,9 @@ from fim_lsp.engine.linear import Int8Linear, run_kernel
         (13, 8192, 48),  # 3 panels: a part group only
         (100, 260, 330),  # a last panel of 10 outputs
         (300, 2048, 96),
+        (16, 64, 32),  # one whole AMX tile of rows by two panels
+        (40, 256, 48),  # AMX: 32 rows and a part tile of 8; 3 panels: a pair and one
+        (17, 128, 16),  # AMX: a tile and a row
     ],
 )
 def test_every_isa_gives_the_same_outputs_bit_for_bit(kernels, tokens, inputs, outputs):
@@ -37,15 +40,15 @@ def test_every_isa_gives_the_same_outputs_bit_for_bit(kernels, tokens, inputs, o
 
 
 def test_a_rows_output_does_not_depend_on_its_tile(isa):
-    """23 rows at once (three tiles and a part one on VNNI, six on AVX2) and in runs of other
-    sizes: every row the same."""
+    """23 rows at once (one tile of 23 on AMX, three and a part one on VNNI, six on AVX2) and in
+    runs of other sizes (VNNI's tiles on AMX for fewer than 16): every row the same."""
     generator = torch.Generator().manual_seed(4)
-    layer = Int8Linear(torch.randn(100, 300, generator=generator), None)
-    x = torch.randn(23, 300, generator=generator)
+    layer = Int8Linear(torch.randn(100, 320, generator=generator), None)
+    x = torch.randn(23, 320, generator=generator)
     library = abi.load()
     together = run_kernel(library, layer, x)
     start = 0
-    for size in (1, 5, 6, 11):
+    for size in (1, 5, 17):
         part = run_kernel(library, layer, x[start : start + size])
         assert torch.equal(part, together[start : start + size])
         start += size

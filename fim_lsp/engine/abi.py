@@ -5,9 +5,10 @@ constants (`fim_constants`); `load` compares them with the ones here, so a struc
 side only is a NativeError naming the field, not memory read wrong. Every exported function
 returns a Status; `check` turns a failed one into a KernelError.
 
-The int8 products run on the best instruction set the CPU has (gemm.c: AVX-512 VNNI, else
-AVX2); FIM_LSP_ISA=avx2 or =avx512vnni makes them run on that one, where the CPU has it (to
-compare the paths, or to rule one out).
+The int8 products run on the best instruction set the CPU has (gemm.c: AMX for products of 16
+rows or more with AVX-512 VNNI for the rest, else AVX-512 VNNI, else AVX2); FIM_LSP_ISA=avx2,
+=avx512vnni or =amx makes them run on that one, where the CPU has it (to compare the paths, or
+to rule one out).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ REASONS: dict[int, str] = {
     Status.NO_MEMORY: "no memory for its scratch buffers",
     Status.UNSUPPORTED: "arguments it does not take",
 }
-ISAS = {"avx2": 0, "avx512vnni": 1}  # FimIsa
+ISAS = {"avx2": 0, "avx512vnni": 1, "amx": 2}  # FimIsa
 ISA_ENV = "FIM_LSP_ISA"
 
 
@@ -150,6 +151,7 @@ CONSTANTS = {
     **{f"FIM_{status.name}": status.value for status in Status},
     "FIM_ISA_AVX2": ISAS["avx2"],
     "FIM_ISA_AVX512_VNNI": ISAS["avx512vnni"],
+    "FIM_ISA_AMX": ISAS["amx"],
 }
 _int, _pointer = ctypes.c_int, ctypes.c_void_p
 PROTOTYPES = {  # name: (result, arguments); the pointers to arrays are data_ptr() integers

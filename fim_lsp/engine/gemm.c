@@ -6,6 +6,12 @@
  *   multiplies per 32 products.
  *   AVX-512 VNNI: vpdpbusd does both in one, and one panel step (16 outputs x 4 inputs, 64
  *   bytes) fills a 512-bit register: twice AVX2's products per multiply.
+ *   AMX (Intel Sapphire Rapids and later): tdpbusd multiplies a tile of 16 rows x 64 inputs by
+ *   one of 64 inputs x 16 outputs in one instruction, 16 times VNNI's products. A panel's 16
+ *   steps of 64 bytes are such a tile as they are packed (16 outputs x 4 inputs per 64-byte
+ *   row), so the weights need no other layout. Used for products of 16 rows or more (a prompt's
+ *   prefill), where the tiles fill; fewer rows (decoding) go to VNNI, which reads the weights
+ *   as fast. Linux lends the tiles to a process that asks (arch_prctl), once.
  *
  * Both sum the same integers exactly, so they give the same int32 dots, bit for bit; linear.c
  * turns dots into outputs with the same code whichever computed them.
@@ -15,30 +21,56 @@
  * of a product per group of panels, so a group's weights are read from memory once and stay in
  * the core's cache while the rows go by.
  */
+#include <cpuid.h>
 #include <immintrin.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "kernels.h"
 
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define AMX __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vnni")))
 
 /* The tile each ISA runs: AVX2 keeps 4 rows x 2 registers of sums (16 registers in all), VNNI
- * 6 rows x 4 panels (32 registers). */
-static const int tile_rows[] = {4, 6}, tile_panels[] = {1, 4};
-_Static_assert(TILE_ROWS >= 6 && TILE_PANELS >= 4, "kernels.h's tile bounds hold every ISA's tile");
+ * 6 rows x 4 panels (32 registers), AMX 32 rows x 2 panels (8 tiles: 4 of sums, 2 of rows, 2 of
+ * weights). */
+static const int tile_rows[] = {4, 6, 32}, tile_panels[] = {1, 4, 2};
+_Static_assert(TILE_ROWS >= 32 && TILE_PANELS % 4 == 0 && TILE_PANELS % 2 == 0,
+               "kernels.h's tile bounds hold every ISA's tile");
+#define AMX_ROWS 16  /* a tile's rows */
+#define AMX_BYTES 64 /* a tile row's bytes: 64 inputs of a row, or 16 outputs x 4 inputs */
 
 static int isa = FIM_ISA_AVX2;
 
+/* AMX-TILE and AMX-INT8 (CPUID leaf 7: EDX bits 24 and 25), and the tiles' state granted to
+ * this process by Linux (ARCH_REQ_XCOMP_PERM for XTILEDATA), else 0. */
+static int amx_usable(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25)))
+        return 0;
+#ifdef __linux__
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+#else
+    return 0;
+#endif
+}
+
 static int supported(int wanted) {
     __builtin_cpu_init();
-    if (wanted == FIM_ISA_AVX512_VNNI)
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vnni");
+    const int vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                     __builtin_cpu_supports("avx512vnni");
+    if (wanted == FIM_ISA_AMX) return vnni && amx_usable();
+    if (wanted == FIM_ISA_AVX512_VNNI) return vnni;
     return wanted == FIM_ISA_AVX2 && __builtin_cpu_supports("avx2");
 }
 
 __attribute__((constructor)) static void choose_isa(void) {
-    isa = supported(FIM_ISA_AVX512_VNNI) ? FIM_ISA_AVX512_VNNI : FIM_ISA_AVX2;
+    isa = supported(FIM_ISA_AMX)           ? FIM_ISA_AMX
+          : supported(FIM_ISA_AVX512_VNNI) ? FIM_ISA_AVX512_VNNI
+                                           : FIM_ISA_AVX2;
 }
 
 int fim_select_isa(int wanted) {
@@ -49,9 +81,13 @@ int fim_select_isa(int wanted) {
 
 int fim_isa(void) { return isa; }
 
-void fim_tile_shape(int *rows, int *panels) {
-    *rows = tile_rows[isa];
-    *panels = tile_panels[isa];
+/* AMX for products of whole 64-byte steps and a tile of rows at least; VNNI for the rest. */
+static int amx_takes(int m, int kp) { return isa == FIM_ISA_AMX && m >= AMX_ROWS && kp % AMX_BYTES == 0; }
+
+void fim_tile_shape(int m, int kp, int *rows, int *panels) {
+    const int chosen = isa == FIM_ISA_AMX && !amx_takes(m, kp) ? FIM_ISA_AVX512_VNNI : isa;
+    *rows = tile_rows[chosen];
+    *panels = tile_panels[chosen];
 }
 
 /* Four bytes of a row (inputs 4 step .. 4 step + 3), as one 32-bit lane. */
@@ -141,8 +177,70 @@ VNNI static void vnni_dot_tile(const uint8_t *q, int kp, int rows, const int8_t 
     }
 }
 
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t bytes[16]; /* per tile: bytes per row */
+    uint8_t rows[16];
+} TileConfig;
+
+/* Tiles 0-3: sums of rows [0, 16) and [16, 32) by panels 0 and 1; 4-5: those rows' inputs; 6-7:
+ * the two panels' weights. `upper`: rows of the second half. Loaded at every tile, not once per
+ * thread: other code in the thread (oneDNN, through torch) configures the tiles its own way and
+ * releases them. */
+AMX static void amx_configure(int lower, int upper) {
+    TileConfig config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    const int rows[8] = {lower, lower, upper, upper, lower, upper, AMX_ROWS, AMX_ROWS};
+    for (int t = 0; t < 8; t++) {
+        config.rows[t] = (uint8_t)rows[t];
+        config.bytes[t] = rows[t] ? AMX_BYTES : 0;
+    }
+    __asm__ volatile("" : : "r"(&config) : "memory"); /* GCC may drop the stores otherwise */
+    _tile_loadconfig(&config);
+}
+
+/* R rows (up to 32) by P panels (1 or 2); kp a multiple of 64. */
+AMX static void amx_dot_tile(const uint8_t *q, int kp, int rows, const int8_t *panels, int count,
+                             int32_t *dots) {
+    const int lower = rows < AMX_ROWS ? rows : AMX_ROWS, upper = rows - lower;
+    const long panel = (long)PANEL * kp; /* bytes */
+    const int stride = count * PANEL * (int)sizeof(int32_t);
+    amx_configure(lower, upper);
+    _tile_zero(0);
+    _tile_zero(1);
+    if (upper) { /* a tile of no rows is not configured: touching it faults */
+        _tile_zero(2);
+        _tile_zero(3);
+    }
+    for (int at = 0; at < kp; at += AMX_BYTES) {
+        const int8_t *step = panels + (long)at * PANEL; /* 64 inputs of a panel: 1 KB */
+        _tile_loadd(4, q + at, kp);
+        _tile_loadd(6, step, AMX_BYTES);
+        _tile_dpbusd(0, 4, 6);
+        if (count > 1) {
+            _tile_loadd(7, step + panel, AMX_BYTES);
+            _tile_dpbusd(1, 4, 7);
+        }
+        if (upper) {
+            _tile_loadd(5, q + (long)AMX_ROWS * kp + at, kp);
+            _tile_dpbusd(2, 5, 6);
+            if (count > 1) _tile_dpbusd(3, 5, 7);
+        }
+    }
+    _tile_stored(0, dots, stride);
+    if (count > 1) _tile_stored(1, dots + PANEL, stride);
+    if (upper) {
+        int32_t *half = dots + AMX_ROWS * count * PANEL;
+        _tile_stored(2, half, stride);
+        if (count > 1) _tile_stored(3, half + PANEL, stride);
+    }
+}
+
 void fim_dot_tile(const uint8_t *q, int kp, int rows, const int8_t *panels, int count,
                   int32_t *dots) {
-    if (isa == FIM_ISA_AVX512_VNNI) vnni_dot_tile(q, kp, rows, panels, count, dots);
+    if (rows > tile_rows[FIM_ISA_AVX512_VNNI]) /* only AMX's tile has more rows */
+        amx_dot_tile(q, kp, rows, panels, count, dots);
+    else if (isa >= FIM_ISA_AVX512_VNNI) vnni_dot_tile(q, kp, rows, panels, count, dots);
     else avx2_dot_tile(q, kp, rows, panels, count, dots);
 }

@@ -29,6 +29,7 @@ typedef enum {
 typedef enum {
     FIM_ISA_AVX2 = 0,        /* vpmaddubsw, vpmaddwd */
     FIM_ISA_AVX512_VNNI = 1, /* vpdpbusd on 512-bit registers */
+    FIM_ISA_AMX = 2,         /* tdpbusd on AMX tiles for products of 16 rows or more, else VNNI */
 } FimIsa;
 
 /* What a product does besides multiplying; any part NULL or 0 is left out. */
@@ -149,14 +150,15 @@ void fim_product_item(const Weights *w, const Activations *a, float *y, const Fu
                       long item);
 
 /* gemm.c: the int32 dot products of `rows` quantized rows from q (stride kp) with `count`
- * consecutive weight panels from `panels`: dots [rows][count * PANEL]. At most TILE_ROWS rows
- * and TILE_PANELS panels. */
-#define TILE_ROWS 6
-#define TILE_PANELS 4
+ * consecutive weight panels from `panels`: dots [rows][count * PANEL]. At most the rows and
+ * panels that fim_tile_shape gave for this product (m rows of kp bytes). */
+#define TILE_ROWS 32
+#define TILE_PANELS 4 /* a multiple of every tile's panels */
 void fim_dot_tile(const uint8_t *q, int kp, int rows, const int8_t *panels, int count,
                   int32_t *dots);
-/* The tile the current ISA computes best: rows and panels at a time. */
-void fim_tile_shape(int *rows, int *panels);
+/* The tile the current ISA computes best for a product of m rows of kp bytes: rows and panels
+ * at a time. */
+void fim_tile_shape(int m, int kp, int *rows, int *panels);
 
 /* attention.c: one task of an attention job, task = head * blocks + block, where block b holds
  * new tokens [b * QUERY_BLOCK, ...). `scratch`: fim_attend_scratch floats. */

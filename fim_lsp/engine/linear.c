@@ -184,13 +184,11 @@ void fim_quantize_row(Activations *a, const float *x, int t, const Fused *fused)
 }
 
 /* Panels per work item: about CHUNK bytes of weights, read in one sequential run, in whole
- * groups of the ISA's tile. */
+ * groups of TILE_PANELS (a multiple of every tile's panels). */
 static int panels_per_item(const Weights *w) {
-    int rows, group;
-    fim_tile_shape(&rows, &group);
     const int panel = PANEL * ((w->k + GROUP - 1) / GROUP * GROUP);
-    const int groups = CHUNK / panel / group;
-    return (groups > 1 ? groups : 1) * group;
+    const int groups = CHUNK / panel / TILE_PANELS;
+    return (groups > 1 ? groups : 1) * TILE_PANELS;
 }
 
 long fim_product_items(const Weights *w) {
@@ -204,7 +202,7 @@ void fim_product_item(const Weights *w, const Activations *a, float *y, const Fu
                       long item) {
     const Job job = {w->k, a->kp, w->n, a->q, a->scale, a->zero, w->scale, w->bias, w->sum, y, fused};
     int rows, group;
-    fim_tile_shape(&rows, &group);
+    fim_tile_shape(a->m, a->kp, &rows, &group);
     const int panels = (w->n + PANEL - 1) / PANEL, per_item = panels_per_item(w);
     const int end = (item + 1) * per_item < panels ? (item + 1) * per_item : panels;
     int32_t dots[TILE_ROWS * TILE_PANELS * PANEL];

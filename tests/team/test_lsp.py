@@ -5,13 +5,17 @@ fallback (the user told once), and is used again when it is back."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 from lsprotocol import types
 
 from tests.e2e.lsp import complete, inline, open_document, server_status, start, wait_ready
-from tests.team.conftest import API_KEY, VllmServer
+from tests.team.conftest import API_KEY, ROOT, VllmServer
 
 OPTIONS = {"apiKey": API_KEY, "cacheSalt": "lsp-tests", "multiline": "always"}
 DOCUMENTS = [
@@ -127,3 +131,25 @@ async def test_a_server_killed_then_back_is_used_again(vllm: VllmServer, vllm_mo
         assert len([m for m in client.messages if "local model answers" in m.message]) == 1
     finally:
         await client.shutdown_session()
+
+
+def test_the_team_benchmark_replays_users_through_fim_lsp_against_vllm_and_locally(
+    vllm: VllmServer, vllm_model_dir, tmp_path
+):
+    command = [
+        sys.executable, "bench/team.py", "--url", vllm.url, "--model", str(vllm_model_dir),
+        "--users", "2", "--keystrokes", "3", "--context", "600", "--out", str(tmp_path),
+    ]  # fmt: skip
+    environment = os.environ | {"FIM_LSP_API_KEY": API_KEY}
+    run = subprocess.run(
+        command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    rows = json.loads((tmp_path / "team.json").read_text())["rows"]
+    assert [(row["users"], row["backend"]) for row in rows] == [(2, "team"), (2, "local")]
+    team, local = (row["keystrokes"] for row in rows)
+    assert len(team) == len(local) == 6  # every key answered by both
+    # The same fp32 model, the same replay: the same prompts; the server's cache served the keys
+    # after each user's first.
+    assert sorted(k["prompt_tokens"] for k in team) == sorted(k["prompt_tokens"] for k in local)
+    assert sum(k["cached_tokens"] for k in team) > 0 and rows[0]["server_cache_share"] > 0
