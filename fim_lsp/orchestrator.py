@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from fim_lsp import __version__
+from fim_lsp import __version__, weight_file
 from fim_lsp.documents import Cursor, Document, Place
 from fim_lsp.errors import FimLspError
 from fim_lsp.logs import configure_logging
@@ -213,6 +213,7 @@ class Orchestrator:
             return
         finally:
             asking.cancel()
+            weight_file.early.clear()  # what the load did not take (another model, a team server)
         if number != self.loads:
             return  # the settings changed while it loaded; the newer load takes over
         self.completer = completer

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fim_lsp import weight_file
 from fim_lsp.backend import GenerationOptions
 from fim_lsp.engine import choose, linear, load_engine, loading, memory, native, weight_cache
 from fim_lsp.engine.choices import BITSANDBYTES, Precision
@@ -44,9 +45,9 @@ def way(request, monkeypatch):
     """How a hit brings the entry in: read into memory allocated for it, or mapped (here also
     where the file system would not map it on huge pages)."""
     if request.param == "read":
-        monkeypatch.setattr(memory, "huge_mapping", lambda fd, size: None)
+        monkeypatch.setattr(weight_cache, "huge_mapping", lambda fd, size: None)
     else:
-        monkeypatch.setattr(memory, "huge_kb", lambda address: memory.HUGE_PAGE >> 10)
+        monkeypatch.setattr(weight_file, "huge_kb", lambda address: memory.HUGE_PAGE >> 10)
     return request.param
 
 
@@ -129,7 +130,7 @@ def test_a_second_load_reads_the_cache_quantizes_nothing_and_runs_the_same(
 def test_cached_c_kernel_weights_are_on_huge_page_aligned_memory_as_quantized_ones(
     cache, tiny_model_dir, monkeypatch
 ):
-    monkeypatch.setattr(memory, "huge_mapping", lambda fd, size: None)  # read, not mapped
+    monkeypatch.setattr(weight_cache, "huge_mapping", lambda fd, size: None)  # read, not mapped
     load(tiny_model_dir, "c-kernel")
     engine = load(tiny_model_dir, "c-kernel")
     head = engine.model.head
@@ -145,13 +146,13 @@ def test_a_hit_maps_the_entry_where_the_kernel_maps_it_on_huge_pages(cache, tiny
     load(tiny_model_dir, "c-kernel")
     (entry,) = entries(cache)
     with open(entry, "rb") as file:
-        if memory.huge_mapping(file.fileno(), entry.stat().st_size) is None:
+        if weight_file.huge_mapping(file.fileno(), entry.stat().st_size) is None:
             pytest.skip("this kernel or file system maps no file on huge pages")
     engine = load(tiny_model_dir, "c-kernel")
     head, embedding = engine.model.head, engine.model.embed.weight
     for tensor in (head.packed, head.scale, embedding):  # views of the entry: nothing copied
         assert mapped_file(tensor.data_ptr()) == str(entry)
-    assert memory.huge_kb(head.packed.data_ptr()) * 1024 >= memory.HUGE_PAGE
+    assert weight_file.huge_kb(head.packed.data_ptr()) * 1024 >= memory.HUGE_PAGE
     assert head.kernel_weights.packed == head.packed.data_ptr()
 
 
@@ -354,7 +355,7 @@ def test_no_entry_is_written_where_it_would_nearly_fill_the_disk(
 def test_tensors_in_many_chunks_read_back_the_same_and_each_chunk_is_checked(
     cache, tiny_model_dir, monkeypatch, caplog, way
 ):
-    monkeypatch.setattr(weight_cache, "CHUNK", 4096)  # the embedding in 3144 chunks
+    monkeypatch.setattr(weight_file, "CHUNK", 4096)  # the embedding in 3144 chunks
     fresh = load(tiny_model_dir, "weight-only")
     (entry,) = entries(cache)
     messages: list[str] = []
@@ -384,3 +385,83 @@ def test_a_start_from_the_cache_imports_neither_transformers_nor_torchs_compiler
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "from the weight cache" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---- mapped and checked early, while the server imports torch (weight_file.check_early) -------
+
+
+@pytest.fixture
+def early(cache, monkeypatch):
+    """Entries mapped on any file system; no early mapping left over from the test."""
+    monkeypatch.setattr(weight_file, "huge_kb", lambda address: memory.HUGE_PAGE >> 10)
+    yield weight_file.early
+    weight_file.early.clear()
+
+
+def refuse_checks(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr(weight_cache, "check_chunk", refuse)
+    monkeypatch.setattr(weight_cache, "read_chunk", refuse)
+
+
+def test_an_entry_checked_early_is_taken_as_mapped_and_not_checked_again(
+    cache, early, tiny_model_dir, monkeypatch
+):
+    fresh = load(tiny_model_dir, "weight-only")
+    (entry,) = entries(cache)
+    weight_file.check_early(cache)
+    assert early[entry].verdict.result(timeout=60) is None
+    refuse_checks(monkeypatch)
+    engine = load(tiny_model_dir, "weight-only")
+    assert torch.equal(logits(engine.model), logits(fresh.model))
+    assert mapped_file(engine.model.embed.weight.data_ptr()) == str(entry)
+    assert early == {}  # taken
+
+
+def test_an_entry_found_broken_early_is_reported_deleted_and_rebuilt(
+    cache, early, tiny_model_dir, caplog
+):
+    fresh = load(tiny_model_dir, "weight-only")
+    (entry,) = entries(cache)
+    flip_a_weight(entry)
+    weight_file.check_early(cache)
+    assert isinstance(early[entry].verdict.result(timeout=60), weight_file.Invalid)
+    with caplog.at_level(logging.WARNING, logger="fim_lsp.engine.weight_cache"):
+        engine = load(tiny_model_dir, "weight-only")
+    assert "fails the checksum" in caplog.text and "deleted" in caplog.text
+    assert torch.equal(logits(engine.model), logits(fresh.model))
+    assert len(entries(cache)) == 1  # rebuilt
+
+
+def test_an_early_mapping_of_a_file_changed_since_is_let_go_and_the_entry_checked(
+    cache, early, tiny_model_dir, monkeypatch
+):
+    fresh = load(tiny_model_dir, "weight-only")
+    (entry,) = entries(cache)
+    weight_file.check_early(cache)
+    assert entry in early
+    stat = entry.stat()
+    os.utime(entry, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # written again, say
+    checked: list[str] = []
+    real = weight_cache.check_chunk
+    monkeypatch.setattr(
+        weight_cache,
+        "check_chunk",
+        lambda view, crc, name: (checked.append(name), real(view, crc, name)),
+    )
+    engine = load(tiny_model_dir, "weight-only")
+    assert torch.equal(logits(engine.model), logits(fresh.model))
+    assert checked and early == {}
+
+
+def test_nothing_is_mapped_early_without_an_entry_or_with_the_cache_off(
+    cache, early, tiny_model_dir, monkeypatch
+):
+    weight_file.check_early(cache)  # no folder yet
+    assert early == {}
+    load(tiny_model_dir, "weight-only")
+    monkeypatch.setenv(weight_cache.SWITCH, "off")
+    weight_file.check_early(cache)
+    assert early == {}
