@@ -15,7 +15,8 @@ keys, `--think` seconds before a move, a switch or an accept (reading the sugges
 Each setup (SETUPS) runs its own server: this checkout with `cacheReuse` off (every keystroke
 prefills its whole prompt), today's code (`--baseline`: a folder, or a git revision extracted
 into .cache/; by default bc9e029, before the caches of several prompts and the bounded cold
-answer), and this checkout as it is. The setups play each step of the session in turn (the order
+answer; it loads through transformers' low-memory path, which needs `pip install accelerate`),
+and this checkout as it is. The setups play each step of the session in turn (the order
 rotates), while the other servers are stopped (SIGSTOP): each server lives the session's own
 timeline, pauses included (in which it may work in the background), none takes the CPU from
 another's measurement, and the machine's drift hits all of them alike. After the session each

@@ -250,7 +250,7 @@ def report(result: dict) -> str:
         "",
         f"Server: {result['url'] or 'none'}, vLLM {result['vllm']}, serving "
         f"{', '.join(m['name'] for m in result['served']) or '-'}; client: {result['client']}; model "
-        f"{result['model']} (local engine: {result['local_quantization']}). Up to "
+        f"{result['model']} (local engine: quantization {result['local_quantization']}). Up to "
         f"{result['context']} prompt tokens, at most {result['max_new_tokens']} tokens per "
         f"answer, {result['keystrokes']} keys per user, {result['pause_s'] * 1000:.0f} ms between "
         "an answer and the next key.",
