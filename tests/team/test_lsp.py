@@ -96,6 +96,8 @@ async def test_a_cancelled_request_stops_the_servers_generation(vllm, vllm_model
         stopped = vllm.metric("vllm:generation_tokens_total")
         await asyncio.sleep(2.0)
         assert vllm.metric("vllm:generation_tokens_total") == stopped
+        if at_cancel - before >= 900:  # vLLM ran ahead of fim-lsp reading its stream
+            pytest.skip("the server had written the whole completion when the cancel was sent")
         assert stopped - before < 900  # not the whole generation
     finally:
         await client.shutdown_session()

@@ -180,7 +180,18 @@ def test_a_server_killed_mid_stream_is_unavailable(backend, vllm):
             vllm.kill()
         return False
 
-    with pytest.raises(BackendUnavailable):
-        run(backend, [11, 12, 13], LONG, should_stop=kill_after_three)
+    try:
+        generation = run(backend, [11, 12, 13], LONG, should_stop=kill_after_three)
+    except BackendUnavailable:
+        pass
+    else:  # the server had sent its whole stream, or ended it, before it died: nothing was cut
+        whole = generation.stop_reason == "end" or len(generation.ids) == LONG
+        assert whole, (
+            f"a cut stream taken as whole: {generation.stop_reason}, {len(generation.ids)}"
+        )
+        pytest.skip(
+            f"the completion ended ({generation.stop_reason}, {len(generation.ids)} tokens) "
+            "before the kill cut it"
+        )
     with pytest.raises(BackendUnavailable, match="cannot reach"):
         backend.probe()
