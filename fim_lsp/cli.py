@@ -141,8 +141,10 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     from fim_lsp import transport, weight_file
 
-    # The newest weight cache entry is mapped and checked while the server imports torch.
-    weight_file.check_early(weight_file.weights_folder())
+    # The newest weight cache entry is mapped and checked while the server imports torch (not
+    # for a team server, whose local engine loads only if it fails).
+    if settings.backend == "local":
+        weight_file.check_early(weight_file.weights_folder())
 
     if args.tcp:
         try:  # before loading the server: a refusal is quick

@@ -159,24 +159,28 @@ def check_early(folder: Path) -> None:
     threading.Thread(target=check_all, args=(header, start, mapping, verdict), daemon=True).start()
 
 
+def verify(tensors: dict, start: int, mapping: mmap.mmap, crcs: dict) -> None:
+    """Every chunk of every tensor in `tensors` (a header's entries, the data from `start` in
+    `mapping`) against its CRC32 in `crcs`, on a pool of threads; raises Invalid."""
+    view = memoryview(mapping)
+    with concurrent.futures.ThreadPoolExecutor(READERS) as pool:
+        jobs = [
+            pool.submit(check_chunk, view[start + begin + first : start + begin + last], crc, name)
+            for name, about in tensors.items()
+            if name != "__metadata__"
+            for begin, end in [about["data_offsets"]]
+            for (first, last), crc in zip(chunks(end - begin), crcs[name], strict=True)
+        ]
+        for job in jobs:
+            job.result()
+
+
 def check_all(
     header: dict, start: int, mapping: mmap.mmap, verdict: concurrent.futures.Future
 ) -> None:
-    """Every chunk of every tensor against the checksums in the metadata."""
+    """The entry's verdict: every chunk against the checksums in its metadata."""
     try:
-        crcs = json.loads(header["__metadata__"]["fim_lsp"])["crc32"]
-        view = memoryview(mapping)
-        jobs = []
-        with concurrent.futures.ThreadPoolExecutor(READERS) as pool:
-            for name, about in header.items():
-                if name == "__metadata__":
-                    continue
-                begin, end = about["data_offsets"]
-                for (first, last), crc in zip(chunks(end - begin), crcs[name], strict=True):
-                    part = view[start + begin + first : start + begin + last]
-                    jobs.append(pool.submit(check_chunk, part, crc, name))
-            for job in jobs:
-                job.result()
+        verify(header, start, mapping, json.loads(header["__metadata__"]["fim_lsp"])["crc32"])
         verdict.set_result(None)
     except Invalid as error:
         verdict.set_result(error)

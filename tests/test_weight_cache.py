@@ -142,7 +142,9 @@ def test_cached_c_kernel_weights_are_on_huge_page_aligned_memory_as_quantized_on
     assert head.kernel_weights.scale == head.scale.data_ptr()
 
 
-def test_a_hit_maps_the_entry_where_the_kernel_maps_it_on_huge_pages(cache, tiny_model_dir):
+def test_a_hit_maps_the_entry_where_the_kernel_maps_it_on_huge_pages(
+    cache, kernels, tiny_model_dir
+):
     load(tiny_model_dir, "c-kernel")
     (entry,) = entries(cache)
     with open(entry, "rb") as file:
@@ -402,8 +404,8 @@ def refuse_checks(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("checked again")
 
-    monkeypatch.setattr(weight_cache, "check_chunk", refuse)
-    monkeypatch.setattr(weight_cache, "read_chunk", refuse)
+    monkeypatch.setattr(weight_cache, "verify", refuse)  # a mapped entry
+    monkeypatch.setattr(weight_cache, "read_chunk", refuse)  # a read one
 
 
 def test_an_entry_checked_early_is_taken_as_mapped_and_not_checked_again(
@@ -441,15 +443,18 @@ def test_an_early_mapping_of_a_file_changed_since_is_let_go_and_the_entry_checke
     fresh = load(tiny_model_dir, "weight-only")
     (entry,) = entries(cache)
     weight_file.check_early(cache)
-    assert entry in early
+    assert early[entry].verdict.result(timeout=60) is None
     stat = entry.stat()
     os.utime(entry, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # written again, say
-    checked: list[str] = []
-    real = weight_cache.check_chunk
+    checked: list[int] = []
+    real = weight_cache.verify
     monkeypatch.setattr(
         weight_cache,
-        "check_chunk",
-        lambda view, crc, name: (checked.append(name), real(view, crc, name)),
+        "verify",
+        lambda tensors, start, mapping, crcs: (
+            checked.append(start),
+            real(tensors, start, mapping, crcs),
+        ),
     )
     engine = load(tiny_model_dir, "weight-only")
     assert torch.equal(logits(engine.model), logits(fresh.model))

@@ -81,11 +81,11 @@ int fim_select_isa(int wanted) {
 
 int fim_isa(void) { return isa; }
 
-/* AMX for products of whole 64-byte steps and a tile of rows at least; VNNI for the rest. */
-static int amx_takes(int m, int kp) { return isa == FIM_ISA_AMX && m >= AMX_ROWS && kp % AMX_BYTES == 0; }
-
+/* On AMX: its tiles for products of whole 64-byte steps and a tile of rows at least, VNNI's for
+ * the rest. */
 void fim_tile_shape(int m, int kp, int *rows, int *panels) {
-    const int chosen = isa == FIM_ISA_AMX && !amx_takes(m, kp) ? FIM_ISA_AVX512_VNNI : isa;
+    const int amx_takes = m >= AMX_ROWS && kp % AMX_BYTES == 0;
+    const int chosen = isa == FIM_ISA_AMX && !amx_takes ? FIM_ISA_AVX512_VNNI : isa;
     *rows = tile_rows[chosen];
     *panels = tile_panels[chosen];
 }

@@ -88,6 +88,7 @@ from fim_lsp.weight_file import (
     huge_mapping,
     read_header,
     take_early,
+    verify,
     weights_folder,
 )
 
@@ -363,15 +364,14 @@ def read_model(file: FileIO, entry: Entry, precision: Precision) -> NeoX:
         if (invalid := early.verdict.result()) is not None:
             raise invalid
         mapping = early.mapping
-    else:
-        mapping = huge_mapping(file.fileno(), size)
-    checked = early is not None and mapping is not None
+    elif (mapping := huge_mapping(file.fileno(), size)) is not None:
+        verify(header, start, mapping, checksums)
     if mapping is None and hasattr(os, "posix_fadvise"):  # read ahead generously
         os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-    # Every tensor is first a view of the mapping, or memory allocated for it; its chunks are
-    # checked (and read) by a pool of threads (reading and zlib let go of the GIL); each module
-    # is made as soon as its tensors are in. Faulting memory in is much of the time, and it runs
-    # on every core this way.
+    # Every tensor is a view of the mapping (checked above), or memory allocated for it whose
+    # chunks a pool of threads reads and checks (reading and zlib let go of the GIL; faulting
+    # fresh memory in is much of the time, and it runs on every core this way); each module is
+    # made as soon as its tensors are in.
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     reads: dict[str, list[concurrent.futures.Future[None]]] = {}
     position = start
@@ -382,18 +382,15 @@ def read_model(file: FileIO, entry: Entry, precision: Precision) -> NeoX:
                 for name, spec in specs.items():
                     full = f"{module_name}.{name}"
                     if mapping is not None:
-                        tensor = mapped(mapping, position, spec)
-                    else:
-                        tensor = allocated(spec, big_int8=kind == "c-kernel" and name == "packed")
+                        tensors[module_name][name] = mapped(mapping, position, spec)
+                        position += spec.nbytes
+                        continue
+                    tensor = allocated(spec, big_int8=kind == "c-kernel" and name == "packed")
                     view = raw(tensor)
                     for (begin, end), crc in zip(chunks(spec.nbytes), checksums[full], strict=True):
-                        part = view[begin:end]
-                        if checked:
-                            continue
-                        if mapping is not None:
-                            read = pool.submit(check_chunk, part, crc, full)
-                        else:
-                            read = pool.submit(read_chunk, file, part, position + begin, crc, full)
+                        read = pool.submit(
+                            read_chunk, file, view[begin:end], position + begin, crc, full
+                        )
                         reads[module_name].append(read)
                     tensors[module_name][name] = tensor
                     position += spec.nbytes
