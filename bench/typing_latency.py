@@ -129,7 +129,7 @@ async def start_server(
     while client.status.get("state") not in ("ready", "error"):
         if client._server and client._server.returncode is not None:
             raise SystemExit(f"the server of {code} ended while loading {model}")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.02)  # the ready time's resolution
     if client.status["state"] == "error":
         raise SystemExit(f"the server could not load {model}: {client.status['message']}")
     return client

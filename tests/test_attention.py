@@ -51,7 +51,9 @@ def test_kernel_matches_causal_softmax_attention_in_float64(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("past, new, dim", [(0, 40, 128), (33, 21, 24), (5, 3, 256)])
+@pytest.mark.parametrize(
+    "past, new, dim", [(0, 40, 128), (7, 23, 128), (250, 70, 128), (33, 21, 24), (5, 3, 256)]
+)
 def test_a_chunk_gives_its_tokens_what_they_get_one_at_a_time(kernels, dtype, past, new, dim):
     """Bit for bit: each token's arithmetic does not depend on the tokens beside it."""
     query, keys, values = cache(3, past, new, dim, dtype, seed=past + new)

@@ -25,7 +25,7 @@ from fim_lsp.engine.native import NativeError, load_library
 PANEL = 16  # outputs per packed weight panel
 GROUP = 4  # consecutive inputs per panel row
 MAX_DIM = 256  # largest attention head
-QUERY_BLOCK = 16  # new tokens per attention task
+QUERY_BLOCK = 64  # new tokens per attention task
 
 
 class Status(enum.IntEnum):

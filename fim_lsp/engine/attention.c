@@ -13,6 +13,11 @@
  * products over the head's dims, the softmax over its row, the weighted values summed in key
  * order), so a chunk gives each token what it gets alone, bit for bit.
  *
+ * On a CPU with AVX-512 (gemm.c's ISA: VNNI or AMX) a prefill's blocks of the usual head (128
+ * dims, fp16 cache) run on 512-bit registers, twice the work per instruction, each lane doing
+ * what a 256-bit one does: a score register holds two keys' eight lanes, a value register
+ * sixteen dims. Same chains, same order: the same bits as AVX2's code, which decode steps run.
+ *
  * Layouts: kernels.h's Attention. dim must be a multiple of 8 and at most MAX_DIM.
  */
 #include <immintrin.h>
@@ -172,6 +177,142 @@ INLINE void value_rows(const int Q, const float *weights, int stride, const floa
         value_tile(Q, 1, weights, stride, totals, values, seen, b0, dim, half, out, out_stride);
 }
 
+#define WIDE __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma,f16c")))
+#define WIDE_QUERIES 8 /* AVX-512 tiles: 8 tokens by 4 keys (16 sums, 2 pairs of keys, a query:
+                        * 19 of the 32 registers), or by 32 dims of values: each key or value
+                        * read serves 8 tokens, as the cache's 2 MB do not fit in L1 */
+#define WIDE_KEYS 4
+#define WIDE_DIMS 32
+#define KEY_BLOCK 32 /* keys at a time for all of a block's tokens: 16 KB in fp32 */
+
+/* Scores of Q tokens (up to 8) with keys t .. t + 3 of 128 dims, from `pairs` (fp32, converted
+ * once per block: pairs_of_keys): a register holds 8 dims of two keys, each half summed as
+ * score_tile sums a key's 8 lanes. */
+WIDE INLINE void score_tile_wide(const int Q, const float *qs, const float *pairs, int t,
+                                 float *scores, int stride) {
+    __m512 acc[WIDE_QUERIES][WIDE_KEYS / 2];
+    for (int i = 0; i < Q; i++)
+        for (int j = 0; j < WIDE_KEYS / 2; j++) acc[i][j] = _mm512_setzero_ps();
+    const float *tile = pairs + (long)t / 2 * 128 * 2;
+    for (int b = 0; b < 128 / 8; b++) {
+        __m512 k[WIDE_KEYS / 2];
+        for (int j = 0; j < WIDE_KEYS / 2; j++) k[j] = _mm512_loadu_ps(tile + (j * 16 + b) * 16);
+        for (int i = 0; i < Q; i++) {
+            const __m512 q = _mm512_broadcast_f32x8(_mm256_loadu_ps(qs + i * 128 + 8 * b));
+            for (int j = 0; j < WIDE_KEYS / 2; j++) acc[i][j] = _mm512_fmadd_ps(q, k[j], acc[i][j]);
+        }
+    }
+    for (int i = 0; i < Q; i++)
+        _mm_storeu_ps(scores + i * stride + t,
+                      sum4x8(_mm512_castps512_ps256(acc[i][0]), _mm512_extractf32x8_ps(acc[i][0], 1),
+                             _mm512_castps512_ps256(acc[i][1]), _mm512_extractf32x8_ps(acc[i][1], 1)));
+}
+
+/* Scores of Q tokens with keys t0 .. t1 - 1 (t1 - t0 a multiple of 4), 4 keys at a time. */
+WIDE INLINE void score_keys_wide(const int Q, const float *qs, const float *pairs, int t0,
+                                 int t1, float *scores, int stride) {
+    for (int t = t0; t < t1; t += WIDE_KEYS) score_tile_wide(Q, qs, pairs, t, scores, stride);
+}
+
+/* Keys 0 .. count - 1 (count even) of 128 dims in fp32 as score_tile_wide reads them: per pair
+ * of keys, per 8 dims, the first key's 8 then the second's. Each key is converted once for the
+ * block's tokens, not once per 4 of them: the conversions had half of AVX-512's two ports. */
+WIDE static void pairs_of_keys(const uint16_t *keys, int count, float *pairs) {
+    for (int p = 0; p < count / 2; p++)
+        for (int b = 0; b < 128 / 8; b++) {
+            const uint16_t *first = keys + (long)2 * p * 128 + 8 * b;
+            const __m256i two = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)first)),
+                _mm_loadu_si128((const __m128i *)(first + 128)), 1);
+            _mm512_storeu_ps(pairs + ((long)p * 16 + b) * 16, _mm512_cvtph_ps(two));
+        }
+}
+
+/* Outputs of Q tokens (up to 8) over dims d0 .. d0 + 31 of 128, as value_tile computes them
+ * (the same chain per lane), 16 dims a register. */
+WIDE INLINE void value_tile_wide(const int Q, const float *weights, int stride,
+                                 const float *totals, const uint16_t *values, int seen, int d0,
+                                 float *out, long out_stride) {
+    __m512 acc[WIDE_QUERIES][WIDE_DIMS / 16];
+    for (int i = 0; i < Q; i++)
+        for (int d = 0; d < WIDE_DIMS / 16; d++) acc[i][d] = _mm512_setzero_ps();
+    for (int t = 0; t < seen + Q - 1; t++) {
+        __m512 v[WIDE_DIMS / 16];
+        for (int d = 0; d < WIDE_DIMS / 16; d++)
+            v[d] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(values + (long)t * 128 + d0 + 16 * d)));
+        for (int i = 0; i < Q; i++) {
+            if (t >= seen + i) continue; /* keys only the later tokens see */
+            const __m512 w = _mm512_set1_ps(weights[i * stride + t]);
+            for (int d = 0; d < WIDE_DIMS / 16; d++) acc[i][d] = _mm512_fmadd_ps(w, v[d], acc[i][d]);
+        }
+    }
+    for (int i = 0; i < Q; i++) {
+        const __m512 inverse = _mm512_set1_ps(1.f / totals[i]);
+        for (int d = 0; d < WIDE_DIMS / 16; d++)
+            _mm512_storeu_ps(out + i * out_stride + d0 + 16 * d, _mm512_mul_ps(acc[i][d], inverse));
+    }
+}
+
+/* A block of new tokens over one head (128 dims, fp16) on AVX-512: attend_block's steps. */
+WIDE static void attend_block_wide(const Attention *job, int head, int first, int count,
+                                   float *scratch) {
+    const long offset = head * job->head_stride;
+    const uint16_t *keys = (const uint16_t *)job->keys + offset;
+    const uint16_t *values = (const uint16_t *)job->values + offset;
+    const int seen = job->past + first + 1, stride = seen + count - 1;
+    float *qs = scratch, *scores = scratch + count * 128, totals[QUERY_BLOCK];
+    float *pairs = scores + (long)count * stride;
+    pairs_of_keys(keys, stride / WIDE_KEYS * WIDE_KEYS, pairs);
+    const float *query = job->query + ((long)head * job->new_tokens + first) * 128;
+    const __m256 scale = _mm256_set1_ps(job->scale);
+    for (int at = 0; at < count * 128; at += 8)
+        _mm256_storeu_ps(qs + at, _mm256_mul_ps(_mm256_loadu_ps(query + at), scale));
+    /* KEY_BLOCK keys at a time for all the block's tokens: their 16 KB stay in L1, where each
+     * 8 tokens reading every key from L2 were bound by its bandwidth. */
+    for (int t0 = 0; t0 < stride; t0 += KEY_BLOCK)
+        for (int i = 0; i < count; i += WIDE_QUERIES) {
+            const int q = count - i < WIDE_QUERIES ? count - i : WIDE_QUERIES;
+            const int until = (seen + i + q - 1) / WIDE_KEYS * WIDE_KEYS; /* in whole tiles */
+            const int t1 = until < t0 + KEY_BLOCK ? until : t0 + KEY_BLOCK;
+            float *rows = scores + i * stride;
+            switch (q) {
+                case 8: score_keys_wide(8, qs + i * 128, pairs, t0, t1, rows, stride); break;
+                case 7: score_keys_wide(7, qs + i * 128, pairs, t0, t1, rows, stride); break;
+                case 6: score_keys_wide(6, qs + i * 128, pairs, t0, t1, rows, stride); break;
+                case 5: score_keys_wide(5, qs + i * 128, pairs, t0, t1, rows, stride); break;
+                case 4: score_keys_wide(4, qs + i * 128, pairs, t0, t1, rows, stride); break;
+                case 3: score_keys_wide(3, qs + i * 128, pairs, t0, t1, rows, stride); break;
+                case 2: score_keys_wide(2, qs + i * 128, pairs, t0, t1, rows, stride); break;
+                case 1: score_keys_wide(1, qs + i * 128, pairs, t0, t1, rows, stride); break;
+            }
+        }
+    for (int g = 0; g < count; g += WIDE_QUERIES) { /* the keys past whole tiles, one by one */
+        const int q = count - g < WIDE_QUERIES ? count - g : WIDE_QUERIES, until = seen + g + q - 1;
+        for (int i = g; i < g + q; i++)
+            for (int u = until / WIDE_KEYS * WIDE_KEYS; u < until; u++)
+                score_tile(1, 1, qs + i * 128, keys, u, 128, 1, scores + i * stride, stride);
+    }
+    for (int i = 0; i < count; i++) totals[i] = softmax_row(scores + i * stride, seen + i);
+    float *out = job->out + ((long)first * job->heads + head) * 128;
+    const long out_stride = (long)job->heads * 128;
+    for (int i = 0; i < count; i += WIDE_QUERIES) {
+        const int q = count - i < WIDE_QUERIES ? count - i : WIDE_QUERIES;
+        for (int d0 = 0; d0 < 128; d0 += WIDE_DIMS) {
+            float *w = scores + i * stride, *o = out + i * out_stride;
+            switch (q) {
+                case 8: value_tile_wide(8, w, stride, totals + i, values, seen + i, d0, o, out_stride); break;
+                case 7: value_tile_wide(7, w, stride, totals + i, values, seen + i, d0, o, out_stride); break;
+                case 6: value_tile_wide(6, w, stride, totals + i, values, seen + i, d0, o, out_stride); break;
+                case 5: value_tile_wide(5, w, stride, totals + i, values, seen + i, d0, o, out_stride); break;
+                case 4: value_tile_wide(4, w, stride, totals + i, values, seen + i, d0, o, out_stride); break;
+                case 3: value_tile_wide(3, w, stride, totals + i, values, seen + i, d0, o, out_stride); break;
+                case 2: value_tile_wide(2, w, stride, totals + i, values, seen + i, d0, o, out_stride); break;
+                case 1: value_tile_wide(1, w, stride, totals + i, values, seen + i, d0, o, out_stride); break;
+            }
+        }
+    }
+}
+
 /* New tokens first .. first + count - 1 over head `head`. scratch: count * (dim + past + first +
  * count) floats, for their scaled queries and their rows of scores. */
 INLINE void attend_block(const Attention *job, int head, int first, int count, const int dim,
@@ -215,7 +356,8 @@ long fim_attend_tasks(const Attention *job) {
 
 size_t fim_attend_scratch(const Attention *job) {
     const int block = job->new_tokens < QUERY_BLOCK ? job->new_tokens : QUERY_BLOCK;
-    return (size_t)block * (size_t)(job->dim + job->past + job->new_tokens);
+    const size_t keys = (size_t)(job->past + job->new_tokens); /* at most, for a block */
+    return (size_t)block * (job->dim + keys) + keys * job->dim; /* + attend_block_wide's keys */
 }
 
 /* The usual head size gets its own copies, with dim a constant the compiler unrolls. */
@@ -223,7 +365,9 @@ void fim_attend_task(const Attention *job, long task, float *scratch) {
     const int blocks = (job->new_tokens + QUERY_BLOCK - 1) / QUERY_BLOCK;
     const int head = task / blocks, first = task % blocks * QUERY_BLOCK;
     const int count = job->new_tokens - first < QUERY_BLOCK ? job->new_tokens - first : QUERY_BLOCK;
-    if (job->half && job->dim == 128) attend_block(job, head, first, count, 128, 1, scratch);
+    if (job->half && job->dim == 128 && count > 1 && fim_isa() >= FIM_ISA_AVX512_VNNI)
+        attend_block_wide(job, head, first, count, scratch);
+    else if (job->half && job->dim == 128) attend_block(job, head, first, count, 128, 1, scratch);
     else if (job->half) attend_block(job, head, first, count, job->dim, 1, scratch);
     else if (job->dim == 128) attend_block(job, head, first, count, 128, 0, scratch);
     else attend_block(job, head, first, count, job->dim, 0, scratch);

@@ -9,7 +9,8 @@
  *   AMX (Intel Sapphire Rapids and later): tdpbusd multiplies a tile of 16 rows x 64 inputs by
  *   one of 64 inputs x 16 outputs in one instruction, 16 times VNNI's products. A panel's 16
  *   steps of 64 bytes are such a tile as they are packed (16 outputs x 4 inputs per 64-byte
- *   row), so the weights need no other layout. Used for products of 16 rows or more (a prompt's
+ *   row), so the weights need no other layout; the activations are laid out as tiles when
+ *   quantized (kernels.h's Activations.tiles). Used for products of 16 rows or more (a prompt's
  *   prefill), where the tiles fill; fewer rows (decoding) go to VNNI, which reads the weights
  *   as fast. Linux lends the tiles to a process that asks (arch_prctl), once.
  *
@@ -35,13 +36,14 @@
 #define AMX __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vnni")))
 
 /* The tile each ISA runs: AVX2 keeps 4 rows x 2 registers of sums (16 registers in all), VNNI
- * 6 rows x 4 panels (32 registers), AMX 32 rows x 2 panels (8 tiles: 4 of sums, 2 of rows, 2 of
- * weights). */
-static const int tile_rows[] = {4, 6, 32}, tile_panels[] = {1, 4, 2};
-_Static_assert(TILE_ROWS >= 32 && TILE_PANELS % 4 == 0 && TILE_PANELS % 2 == 0,
+ * 6 rows x 4 panels (32 registers), AMX 128 rows x 4 panels, 32 rows x 2 panels at a time (8
+ * tiles: 4 of sums, 2 of rows, 2 of weights) in blocks of inputs (amx_dot_tile). */
+static const int tile_rows[] = {4, 6, TILE_ROWS}, tile_panels[] = {1, 4, TILE_PANELS};
+_Static_assert(TILE_ROWS % 32 == 0 && TILE_PANELS % 4 == 0 && TILE_PANELS % 2 == 0,
                "kernels.h's tile bounds hold every ISA's tile");
-#define AMX_ROWS 16  /* a tile's rows */
-#define AMX_BYTES 64 /* a tile row's bytes: 64 inputs of a row, or 16 outputs x 4 inputs */
+#define AMX_ROWS 16   /* a tile's rows */
+#define AMX_BLOCK 512 /* inputs per block of amx_dot_tile (measured: 256 and 1,024 slower) */
+#define AMX_BYTES 64  /* a tile row's bytes: 64 inputs of a row, or 16 outputs x 4 inputs */
 
 static int isa = FIM_ISA_AVX2;
 
@@ -83,9 +85,10 @@ int fim_isa(void) { return isa; }
 
 /* On AMX: its tiles for products of whole 64-byte steps and a tile of rows at least, VNNI's for
  * the rest. */
+int fim_tiled(int m, int kp) { return isa == FIM_ISA_AMX && m >= AMX_ROWS && kp % AMX_BYTES == 0; }
+
 void fim_tile_shape(int m, int kp, int *rows, int *panels) {
-    const int amx_takes = m >= AMX_ROWS && kp % AMX_BYTES == 0;
-    const int chosen = isa == FIM_ISA_AMX && !amx_takes ? FIM_ISA_AVX512_VNNI : isa;
+    const int chosen = isa == FIM_ISA_AMX && !fim_tiled(m, kp) ? FIM_ISA_AVX512_VNNI : isa;
     *rows = tile_rows[chosen];
     *panels = tile_panels[chosen];
 }
@@ -200,47 +203,75 @@ AMX static void amx_configure(int lower, int upper) {
     _tile_loadconfig(&config);
 }
 
-/* R rows (up to 32) by P panels (1 or 2); kp a multiple of 64. */
+/* Up to TILE_ROWS rows by up to TILE_PANELS panels; kp a multiple of 64; q: the rows' first
+ * tile (Activations.tiles). In blocks of AMX_BLOCK inputs, outermost: a block of the rows'
+ * inputs (64 KB for 128 rows) stays in the L2 cache while every panel reads it, and a block of
+ * two panels' weights (16 KB) in L1 while the rows go by 32 at a time (4 tiles of sums, which
+ * wait in `dots` between blocks). Whole rows read again for each pair of panels came from L3
+ * for the MLP's second product (8,192 inputs: 2 MB of rows): 3 times slower than the others. */
 AMX static void amx_dot_tile(const uint8_t *q, int kp, int rows, const int8_t *panels, int count,
                              int32_t *dots) {
-    const int lower = rows < AMX_ROWS ? rows : AMX_ROWS, upper = rows - lower;
     const long panel = (long)PANEL * kp; /* bytes */
     const int stride = count * PANEL * (int)sizeof(int32_t);
-    amx_configure(lower, upper);
-    _tile_zero(0);
-    _tile_zero(1);
-    if (upper) { /* a tile of no rows is not configured: touching it faults */
-        _tile_zero(2);
-        _tile_zero(3);
-    }
-    for (int at = 0; at < kp; at += AMX_BYTES) {
-        const int8_t *step = panels + (long)at * PANEL; /* 64 inputs of a panel: 1 KB */
-        _tile_loadd(4, q + at, kp);
-        _tile_loadd(6, step, AMX_BYTES);
-        _tile_dpbusd(0, 4, 6);
-        if (count > 1) {
-            _tile_loadd(7, step + panel, AMX_BYTES);
-            _tile_dpbusd(1, 4, 7);
+    int configured = -1; /* the rows of the configured tiles */
+    for (int k0 = 0; k0 < kp; k0 += AMX_BLOCK) {
+        const int k1 = kp - k0 < AMX_BLOCK ? kp : k0 + AMX_BLOCK;
+        for (int p = 0; p < count; p += 2) {
+            const int8_t *weights = panels + p * panel;
+            const int two = count - p > 1;
+            for (int r0 = 0; r0 < rows; r0 += 2 * AMX_ROWS) {
+                const int here = rows - r0 < 2 * AMX_ROWS ? rows - r0 : 2 * AMX_ROWS;
+                const int lower = here < AMX_ROWS ? here : AMX_ROWS, upper = here - lower;
+                if (here != configured) amx_configure(lower, upper), configured = here;
+                const uint8_t *a = q + (long)r0 * kp;
+                int32_t *sums = dots + (r0 * count + p) * PANEL;
+                int32_t *half = sums + AMX_ROWS * count * PANEL;
+                if (k0 == 0) {
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    if (upper) { /* a tile of no rows is not configured: touching it faults */
+                        _tile_zero(2);
+                        _tile_zero(3);
+                    }
+                } else {
+                    _tile_loadd(0, sums, stride);
+                    if (two) _tile_loadd(1, sums + PANEL, stride);
+                    if (upper) {
+                        _tile_loadd(2, half, stride);
+                        if (two) _tile_loadd(3, half + PANEL, stride);
+                    }
+                }
+                for (int at = k0; at < k1; at += AMX_BYTES) {
+                    const int8_t *step = weights + (long)at * PANEL; /* 64 inputs of a panel: 1 KB */
+                    _tile_loadd(4, a + AMX_ROWS * at, AMX_BYTES);
+                    _tile_loadd(6, step, AMX_BYTES);
+                    _tile_dpbusd(0, 4, 6);
+                    if (two) {
+                        _tile_loadd(7, step + panel, AMX_BYTES);
+                        _tile_dpbusd(1, 4, 7);
+                    }
+                    if (upper) {
+                        _tile_loadd(5, a + (long)AMX_ROWS * (kp + at), AMX_BYTES);
+                        _tile_dpbusd(2, 5, 6);
+                        if (two) _tile_dpbusd(3, 5, 7);
+                    }
+                }
+                _tile_stored(0, sums, stride);
+                if (two) _tile_stored(1, sums + PANEL, stride);
+                if (upper) {
+                    _tile_stored(2, half, stride);
+                    if (two) _tile_stored(3, half + PANEL, stride);
+                }
+            }
         }
-        if (upper) {
-            _tile_loadd(5, q + (long)AMX_ROWS * kp + at, kp);
-            _tile_dpbusd(2, 5, 6);
-            if (count > 1) _tile_dpbusd(3, 5, 7);
-        }
-    }
-    _tile_stored(0, dots, stride);
-    if (count > 1) _tile_stored(1, dots + PANEL, stride);
-    if (upper) {
-        int32_t *half = dots + AMX_ROWS * count * PANEL;
-        _tile_stored(2, half, stride);
-        if (count > 1) _tile_stored(3, half + PANEL, stride);
     }
 }
 
-void fim_dot_tile(const uint8_t *q, int kp, int rows, const int8_t *panels, int count,
+void fim_dot_tile(const Activations *a, int t, int rows, const int8_t *panels, int count,
                   int32_t *dots) {
-    if (rows > tile_rows[FIM_ISA_AVX512_VNNI]) /* only AMX's tile has more rows */
-        amx_dot_tile(q, kp, rows, panels, count, dots);
+    const int kp = a->kp;
+    const uint8_t *q = a->q + (long)t * kp;
+    if (a->tiles) amx_dot_tile(a->tiles + (long)t * kp, kp, rows, panels, count, dots);
     else if (isa >= FIM_ISA_AVX512_VNNI) vnni_dot_tile(q, kp, rows, panels, count, dots);
     else avx2_dot_tile(q, kp, rows, panels, count, dots);
 }

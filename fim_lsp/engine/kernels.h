@@ -12,7 +12,7 @@
 #define PANEL 16       /* outputs per packed weight panel */
 #define GROUP 4        /* consecutive inputs per panel row: 4 bytes, one 32-bit lane of a product */
 #define MAX_DIM 256    /* largest attention head */
-#define QUERY_BLOCK 16 /* new tokens that one attention task takes over a head's keys */
+#define QUERY_BLOCK 64 /* new tokens that one attention task takes over a head's keys */
 #define MAX_TEAM 64    /* threads used at most: more gain nothing on memory-bound products */
 #define PREFETCH 1024  /* bytes ahead in a streamed weight panel or cache row: enough reads in
                         * flight on one core, 5-10% faster than the hardware prefetcher alone */
@@ -138,6 +138,10 @@ typedef struct {
     float *scale;
     int32_t *zero;
     float *normed; /* scratch for layer-normed rows, or NULL */
+    uint8_t *tiles; /* q again as AMX's tiles read it, for a product AMX takes (fim_tiled), else
+                     * NULL: [ceil(m / 16)][kp / 64][16 rows][64 bytes], each tile 1 KB in one
+                     * piece (rows kp bytes apart put a tile's 16 lines in one or two of the L1
+                     * cache's sets) */
 } Activations;
 
 int fim_activations_init(Activations *a, int m, int k, int normed); /* FIM_OK or FIM_NO_MEMORY */
@@ -149,16 +153,18 @@ long fim_product_items(const Weights *w);
 void fim_product_item(const Weights *w, const Activations *a, float *y, const Fused *fused,
                       long item);
 
-/* gemm.c: the int32 dot products of `rows` quantized rows from q (stride kp) with `count`
- * consecutive weight panels from `panels`: dots [rows][count * PANEL]. At most the rows and
- * panels that fim_tile_shape gave for this product (m rows of kp bytes). */
-#define TILE_ROWS 32
+/* gemm.c: the int32 dot products of `rows` rows of a's, from row t, with `count` consecutive
+ * weight panels from `panels`: dots [rows][count * PANEL]. At most the rows and panels that
+ * fim_tile_shape gave for the product, t a multiple of those rows. */
+#define TILE_ROWS 128 /* AMX's: rows that share each block of weights it reads */
 #define TILE_PANELS 4 /* a multiple of every tile's panels */
-void fim_dot_tile(const uint8_t *q, int kp, int rows, const int8_t *panels, int count,
+void fim_dot_tile(const Activations *a, int t, int rows, const int8_t *panels, int count,
                   int32_t *dots);
 /* The tile the current ISA computes best for a product of m rows of kp bytes: rows and panels
  * at a time. */
 void fim_tile_shape(int m, int kp, int *rows, int *panels);
+/* Whether AMX's tiles take that product (its activations need a.tiles). */
+int fim_tiled(int m, int kp);
 
 /* attention.c: one task of an attention job, task = head * blocks + block, where block b holds
  * new tokens [b * QUERY_BLOCK, ...). `scratch`: fim_attend_scratch floats. */

@@ -6,8 +6,8 @@
  * one streams each thread's weights in one sequential run, with software prefetch, and shares
  * the panels out so that neither core idles at the end (shares.h). A prefill chunk is compute
  * bound: its products run gemm.c's register tiles over all the chunk's tokens per group of
- * weight panels, with AVX-512 VNNI where the CPU has it. Its pieces (kernels.h) also run inside
- * layer.c's team of threads.
+ * weight panels, with AVX-512 VNNI or AMX where the CPU has them. Its pieces (kernels.h) also
+ * run inside layer.c's team of threads.
  *
  * Numbers: weights are int8, symmetric, one scale per output channel. Activations are quantized
  * per row (per token), asymmetric, to 0..127 (kernels.h's Activations). Each token's result
@@ -53,8 +53,19 @@ static float quantize_row(const float *x, int k, int kp, uint8_t *q, int32_t *ze
     const __m256 inv = _mm256_set1_ps(inverse);
     const __m256i z = _mm256_set1_epi32(*zero), top = _mm256_set1_epi32(127);
     const __m256i zeros = _mm256_setzero_si256();
+    const __m256i in_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); /* undoes the packs' lanes */
+    for (i = 0; i + 32 <= k; i += 32) { /* 32 at a time, packed to bytes in registers */
+        __m256i v[4];
+        for (int j = 0; j < 4; j++) {
+            v[j] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * j), inv));
+            v[j] = _mm256_max_epi32(_mm256_min_epi32(_mm256_add_epi32(v[j], z), top), zeros);
+        }
+        const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(v[0], v[1]),
+                                                  _mm256_packs_epi32(v[2], v[3]));
+        _mm256_storeu_si256((__m256i *)(q + i), _mm256_permutevar8x32_epi32(bytes, in_order));
+    }
     int32_t lanes[8];
-    for (i = 0; i + 8 <= k; i += 8) {
+    for (; i + 8 <= k; i += 8) {
         __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
         v = _mm256_max_epi32(_mm256_min_epi32(_mm256_add_epi32(v, z), top), zeros);
         _mm256_storeu_si256((__m256i *)lanes, v);
@@ -99,12 +110,27 @@ static inline __m256 gelu8(__m256 x) {
     return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), _mm256_add_ps(_mm256_set1_ps(1.f), erf));
 }
 
+/* The sum of x[i] - shift (or of its squares) in double, 8 at a time in 8 lanes. */
+static double sum_in_double(const float *x, int k, double shift, int squared) {
+    __m256d lanes[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
+    const __m256d by = _mm256_set1_pd(shift);
+    int i = 0;
+    for (; i + 8 <= k; i += 8)
+        for (int h = 0; h < 2; h++) {
+            const __m256d v = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + i + 4 * h)), by);
+            lanes[h] = _mm256_add_pd(lanes[h], squared ? _mm256_mul_pd(v, v) : v);
+        }
+    double four[4], sum = 0;
+    _mm256_storeu_pd(four, _mm256_add_pd(lanes[0], lanes[1]));
+    for (int j = 0; j < 4; j++) sum += four[j];
+    for (; i < k; i++) sum += squared ? (x[i] - shift) * (x[i] - shift) : x[i] - shift;
+    return sum;
+}
+
 /* One row's layer norm (mean and variance in double: 2048 inputs and more). */
 static void layer_norm_row(const float *x, int k, const Fused *fused, float *out) {
-    double sum = 0, squares = 0;
-    for (int i = 0; i < k; i++) sum += x[i];
-    const double mean = sum / k;
-    for (int i = 0; i < k; i++) squares += (x[i] - mean) * (x[i] - mean);
+    const double mean = sum_in_double(x, k, 0, 0) / k;
+    const double squares = sum_in_double(x, k, mean, 1);
     const float inverse = (float)(1.0 / sqrt(squares / k + fused->norm_eps));
     for (int i = 0; i < k; i++)
         out[i] = (x[i] - (float)mean) * inverse * fused->norm_weight[i] + fused->norm_bias[i];
@@ -133,9 +159,14 @@ static void panel_outputs(const Job *job, int p, PanelOutputs *out) {
  * one place dots become outputs, whichever ISA computed them. */
 static void finish_panel(const Job *job, const PanelOutputs *panel, int t0, int rows,
                          const int32_t *dots, int stride) {
-    float out[PANEL];
+    const int gelu = job->fused && job->fused->gelu;
+    const float *then_add = job->fused ? job->fused->then_add : NULL;
+    const float *and_add = job->fused ? job->fused->and_add : NULL;
+    const int whole = panel->width == PANEL; /* else staged, the part past n left out */
+    float staged[PANEL];
     for (int r = 0; r < rows; r++) {
         const int t = t0 + r;
+        const long at = (long)t * job->n + panel->first;
         const __m256 a_scale = _mm256_set1_ps(job->a_scale[t]);
         const __m256i a_zero = _mm256_set1_epi32(job->a_zero[t]);
         for (int h = 0; h < PANEL; h += 8) {
@@ -145,15 +176,21 @@ static void finish_panel(const Job *job, const PanelOutputs *panel, int t0, int 
             const __m256 f = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), a_scale),
                                            _mm256_loadu_ps(panel->scales + h));
             __m256 v8 = _mm256_add_ps(f, _mm256_loadu_ps(panel->biases + h));
-            if (job->fused && job->fused->gelu) v8 = gelu8(v8);
-            _mm256_storeu_ps(out + h, v8);
+            if (gelu) v8 = gelu8(v8);
+            if (whole) {
+                if (then_add) v8 = _mm256_add_ps(v8, _mm256_loadu_ps(then_add + at + h));
+                if (and_add) v8 = _mm256_add_ps(v8, _mm256_loadu_ps(and_add + at + h));
+                _mm256_storeu_ps(job->y + at + h, v8);
+            } else {
+                _mm256_storeu_ps(staged + h, v8);
+            }
         }
-        const long at = (long)t * job->n + panel->first;
-        if (job->fused && job->fused->then_add)
-            for (int j = 0; j < panel->width; j++) out[j] += job->fused->then_add[at + j];
-        if (job->fused && job->fused->and_add)
-            for (int j = 0; j < panel->width; j++) out[j] += job->fused->and_add[at + j];
-        memcpy(job->y + at, out, sizeof(float) * panel->width);
+        if (whole) continue;
+        for (int j = 0; j < panel->width; j++) {
+            if (then_add) staged[j] += then_add[at + j];
+            if (and_add) staged[j] += and_add[at + j];
+            job->y[at + j] = staged[j];
+        }
     }
 }
 
@@ -164,14 +201,16 @@ int fim_activations_init(Activations *a, int m, int k, int normed) {
     a->scale = malloc(sizeof(float) * m);
     a->zero = malloc(sizeof(int32_t) * m);
     a->normed = normed ? malloc(sizeof(float) * (size_t)m * k) : NULL;
-    if (a->q && a->scale && a->zero && (a->normed || !normed)) return FIM_OK;
+    const int tiled = fim_tiled(m, a->kp);
+    a->tiles = tiled ? aligned_alloc(64, (size_t)(m + 15) / 16 * 16 * a->kp) : NULL;
+    if (a->q && a->scale && a->zero && (a->normed || !normed) && (a->tiles || !tiled)) return FIM_OK;
     fim_activations_free(a);
     return FIM_NO_MEMORY;
 }
 
 void fim_activations_free(Activations *a) {
-    free(a->q), free(a->scale), free(a->zero), free(a->normed);
-    a->q = NULL, a->scale = NULL, a->zero = NULL, a->normed = NULL;
+    free(a->q), free(a->scale), free(a->zero), free(a->normed), free(a->tiles);
+    a->q = NULL, a->scale = NULL, a->zero = NULL, a->normed = NULL, a->tiles = NULL;
 }
 
 void fim_quantize_row(Activations *a, const float *x, int t, const Fused *fused) {
@@ -180,7 +219,12 @@ void fim_quantize_row(Activations *a, const float *x, int t, const Fused *fused)
         layer_norm_row(row, a->k, fused, a->normed + (long)t * a->k);
         row = a->normed + (long)t * a->k;
     }
-    a->scale[t] = quantize_row(row, a->k, a->kp, a->q + (long)t * a->kp, a->zero + t);
+    uint8_t *q = a->q + (long)t * a->kp;
+    a->scale[t] = quantize_row(row, a->k, a->kp, q, a->zero + t);
+    if (a->tiles) { /* the row's 64-byte pieces into its tiles (kernels.h) */
+        uint8_t *tile_row = a->tiles + (long)(t / 16) * 16 * a->kp + (t % 16) * 64;
+        for (int at = 0; at < a->kp; at += 64) memcpy(tile_row + 16 * at, q + at, 64);
+    }
 }
 
 /* Panels per work item: about CHUNK bytes of weights, read in one sequential run, in whole
@@ -212,8 +256,7 @@ void fim_product_item(const Weights *w, const Activations *a, float *y, const Fu
         for (int j = 0; j < count; j++) panel_outputs(&job, p + j, outputs + j);
         for (int t = 0; t < a->m; t += rows) {
             const int r = a->m - t < rows ? a->m - t : rows;
-            fim_dot_tile(a->q + (long)t * a->kp, a->kp, r, w->packed + (long)p * PANEL * a->kp,
-                         count, dots);
+            fim_dot_tile(a, t, r, w->packed + (long)p * PANEL * a->kp, count, dots);
             for (int j = 0; j < count; j++)
                 finish_panel(&job, outputs + j, t, r, dots + j * PANEL, count * PANEL);
         }
