@@ -213,8 +213,8 @@ class Model:
         threads = torch.get_num_threads()
         last = x
         for start in range(0, len(x), chunk):
-            states = (
-                x[start : start + chunk].contiguous(),
+            states = (  # a copy: the layers write their outputs into both in turn
+                x[start : start + chunk].clone(),
                 torch.empty(min(chunk, len(x) - start), WIDTH),
             )
             run = self.run(start, len(states[0]))
@@ -225,7 +225,7 @@ class Model:
                     "fim_layer",
                 )
             last = states[LAYERS % 2]
-        return last[-1]
+        return last[-1].clone()
 
     def run(self, past: int, new: int) -> abi.LayerRun:
         return abi.LayerRun(

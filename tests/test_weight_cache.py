@@ -461,6 +461,23 @@ def test_an_early_mapping_of_a_file_changed_since_is_let_go_and_the_entry_checke
     assert checked and early == {}
 
 
+def test_an_early_mapping_of_another_entry_is_let_go_before_quantizing(
+    cache, early, tiny_model_dir, monkeypatch
+):
+    load(tiny_model_dir, "weight-only")
+    (entry,) = entries(cache)
+    weight_file.check_early(cache)  # the newest entry: another backend's (or kernel's)
+    assert early[entry].verdict.result(timeout=60) is None
+    held: list[dict] = []
+    real = loading.load_weights
+    monkeypatch.setattr(
+        loading, "load_weights", lambda *args: (held.append(dict(early)), real(*args))[1]
+    )
+    load(tiny_model_dir, "torch-dynamic")
+    assert held == [{}]  # quantized with no other entry mapped
+    assert len(entries(cache)) == 2
+
+
 def test_nothing_is_mapped_early_without_an_entry_or_with_the_cache_off(
     cache, early, tiny_model_dir, monkeypatch
 ):

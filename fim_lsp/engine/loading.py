@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from fim_lsp import weight_file
 from fim_lsp.engine import weight_cache
 from fim_lsp.engine.choices import Precision, choose
 from fim_lsp.engine.generate import Engine
@@ -176,6 +177,9 @@ def load_cached(
             )  # fmt: skip
             return model
         started = time.perf_counter()
+    # The entry mapped early is another's (an older kernel's, say): not kept in memory while
+    # quantizing, which it made 1.7 GB larger.
+    weight_file.early.clear()
     progress(f"loading {folder.name} ({precision.reason})", 10)
     model = load_weights(folder, precision, trained_context)
     done = "quantized" if precision.int8 else "read"
